@@ -1,0 +1,94 @@
+"""How ``generate`` is called: the work each timed call does is pinned here.
+
+Every backend generates exactly ``output_length`` new tokens per sequence, greedily, with no
+EOS stop (``min_new_tokens == max_new_tokens``, ``eos_token_id=None``), so two runs of the same
+cell always do the same work and the token count can be checked from the output tensor.
+
+- ``hf_generate``: eager transformers ``generate`` with its dynamic KV cache.
+- ``hf_compiled``: transformers' static KV cache (``cache_implementation="static"``) with the
+  decode forward compiled by ``torch.compile`` through generate's own ``compile_config``
+  (``mode="reduce-overhead"``, i.e. CUDA graphs, on GPU). Compilation happens on the first
+  call of each new shape and is kept out of the samples by the warm-up (sweep.py).
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Optional
+
+import torch
+
+from llmbench.config import BenchmarkConfig
+from llmbench.models import TORCH_DTYPES
+
+
+class HFGenerateBackend:
+    """Eager Hugging Face ``generate``."""
+
+    name = "hf_generate"
+
+    def __init__(self, model: torch.nn.Module, cfg: BenchmarkConfig, device: torch.device):
+        self.model = model
+        self.cfg = cfg
+        self.device = device
+
+    def generation_kwargs(self, output_length: int) -> dict:
+        """The keyword arguments of every ``generate`` call (tests assert on them)."""
+        return dict(
+            max_new_tokens=output_length,
+            min_new_tokens=output_length,
+            do_sample=False,
+            num_beams=1,
+            eos_token_id=None,  # no early stop: every sequence produces output_length tokens
+            pad_token_id=0,
+            use_cache=self.cfg.use_cache,  # explicit: MPT's config defaults it to False
+        )
+
+    def autocast(self):
+        if self.cfg.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=TORCH_DTYPES[self.cfg.autocast_dtype])
+
+    @torch.inference_mode()
+    def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, output_length: int,
+                 streamer: Optional[object] = None) -> torch.Tensor:
+        """Generate ``output_length`` tokens for each row; returns prompt + new tokens."""
+        with self.autocast():
+            return self.model.generate(input_ids=input_ids, attention_mask=attention_mask, streamer=streamer,
+                                       **self.generation_kwargs(output_length))
+
+
+class HFCompiledBackend(HFGenerateBackend):
+    """Static KV cache + ``torch.compile`` of the decode step, through transformers' generate."""
+
+    name = "hf_compiled"
+
+    def __init__(self, model: torch.nn.Module, cfg: BenchmarkConfig, device: torch.device):
+        super().__init__(model, cfg, device)
+        # Every (batch, cache length) is a new graph; the default limit of 8 would make later
+        # cells silently fall back to eager, which would then be reported as "compiled".
+        import torch._dynamo
+
+        torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 256)
+        torch._dynamo.config.accumulated_cache_size_limit = max(
+            torch._dynamo.config.accumulated_cache_size_limit, 2048)
+
+    def generation_kwargs(self, output_length: int) -> dict:
+        from transformers import CompileConfig
+
+        # CUDA graphs ("reduce-overhead") remove the per-kernel launch cost that dominates
+        # small-batch decode; on CPU they do not exist, so use inductor's default mode.
+        compile_config = CompileConfig(fullgraph=False, dynamic=False,
+                                       mode="reduce-overhead" if self.device.type == "cuda" else "default")
+        if self.device.type != "cuda":
+            # transformers only auto-compiles on accelerators unless told otherwise.
+            compile_config._compile_all_devices = True
+        kwargs = super().generation_kwargs(output_length)
+        kwargs.update(cache_implementation="static", compile_config=compile_config)
+        return kwargs
+
+
+BACKEND_CLASSES = {cls.name: cls for cls in (HFGenerateBackend, HFCompiledBackend)}
+
+
+def build_backend(name: str, model: torch.nn.Module, cfg: BenchmarkConfig, device: torch.device):
+    return BACKEND_CLASSES[name](model, cfg, device)

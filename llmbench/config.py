@@ -1,0 +1,288 @@
+"""Benchmark configuration: the schema, loading a YAML with dotlist overrides, validation.
+
+This is the only module that knows OmegaConf. A YAML is merged onto the dataclass schema
+below, so unknown keys, wrong types and missing values fail at load time naming the full
+key (``model.n_heads``); ranges and cross-field rules live in ``__post_init__``. Everything
+here runs before any model is built, so a typo costs a second, not a 30B model load.
+
+The vocabulary is llm-foundry's ``scripts/inference/benchmarking`` YAMLs, so those files
+still load (``tokenizer``/``tokenizer_name`` are accepted and unused: inputs are random ids).
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+import yaml
+from omegaconf import MISSING, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+DTYPES = ("fp32", "fp16", "bf16")
+MODEL_NAMES = ("mpt_causal_lm", "hf_causal_lm")
+BACKENDS = ("hf_generate", "hf_compiled")
+
+
+class ConfigError(ValueError):
+    """A problem the user can fix in the YAML or on the command line (printed as one line, exit 2)."""
+
+
+def _require(ok: bool, key: str, value: Any, allowed: str) -> None:
+    """Raise a ConfigError of the house format: key, offending value, what is allowed."""
+    if not ok:
+        raise ConfigError(f"{key}={value!r} is invalid: {allowed}")
+
+
+def _require_positive_ints(key: str, values: List[int]) -> None:
+    _require(len(values) > 0, key, values, "must be a non-empty list of positive integers")
+    for v in values:
+        _require(isinstance(v, int) and not isinstance(v, bool) and v > 0, key, values,
+                 "must be a non-empty list of positive integers")
+
+
+@dataclass
+class AttnConfig:
+    """llm-foundry's ``model.attn_config``. transformers' ``MptForCausalLM`` implements only a
+    subset, so every value it cannot honour is rejected instead of silently benchmarking a
+    different model."""
+    attn_type: str = "multihead_attention"  # transformers' MPT has no multi-query/grouped path
+    attn_impl: str = "torch"  # transformers' MPT has only eager torch attention (no flash/triton)
+    attn_pdrop: float = 0.0  # dropout: inactive at inference, accepted for old YAMLs
+    clip_qkv: Optional[float] = None  # honoured (a clamp on the fused QKV output)
+    softmax_scale: Optional[float] = None  # honoured; None = 1/sqrt(head_dim)
+    qk_ln: bool = False  # not implemented by transformers' MPT
+    prefix_lm: bool = False  # not implemented by transformers' MPT
+    attn_uses_sequence_id: bool = False  # only matters when packing sequences in training
+    alibi: bool = True  # transformers' MPT always uses ALiBi
+    alibi_bias_max: int = 8  # transformers' MPT always builds the bias with 8
+
+    def check(self, prefix: str) -> None:
+        unsupported = {
+            "attn_type": ("multihead_attention",),
+            "attn_impl": ("torch",),
+            "qk_ln": (False,),
+            "prefix_lm": (False,),
+            "alibi": (True,),
+            "alibi_bias_max": (8,),
+        }
+        for key, allowed in unsupported.items():
+            value = getattr(self, key)
+            _require(value in allowed, f"{prefix}.{key}", value,
+                     f"transformers' MptForCausalLM only implements {allowed[0]!r}; "
+                     f"set {prefix}.{key}={allowed[0]} (or benchmark another architecture with hf_causal_lm)")
+
+
+@dataclass
+class FfnConfig:
+    """llm-foundry's newer ``model.ffn_config`` block (``expansion_ratio`` moved here)."""
+    ffn_type: str = "mptmlp"  # the only FFN transformers' MPT has (GELU MLP)
+    expansion_ratio: Optional[int] = None  # falls back to model.expansion_ratio, then 4
+
+
+@dataclass
+class ModelConfig:
+    """The ``model:`` block. ``name`` picks the builder; the other keys belong to one of them."""
+    name: str = MISSING  # mpt_causal_lm (random-weight MPT from the keys below) | hf_causal_lm
+
+    # --- mpt_causal_lm: llm-foundry's MPT keys, built as transformers' MptForCausalLM ---
+    d_model: Optional[int] = None
+    n_heads: Optional[int] = None
+    n_layers: Optional[int] = None
+    expansion_ratio: Optional[int] = None  # transformers' MPT hard-codes a 4x MLP
+    max_seq_len: Optional[int] = None  # None = the top-level max_seq_len
+    vocab_size: int = 50368
+    attn_config: AttnConfig = field(default_factory=AttnConfig)
+    ffn_config: FfnConfig = field(default_factory=FfnConfig)
+    init_std: float = 0.02  # std of the random weights
+    init_device: str = "cpu"  # accepted for old YAMLs; llmbench always builds on the target device
+    emb_pdrop: float = 0.0  # dropouts are inactive at inference; accepted for old YAMLs
+    resid_pdrop: float = 0.0
+    attn_pdrop: float = 0.0
+    no_bias: bool = True  # transformers' MPT has no biases
+    learned_pos_emb: bool = True  # with ALiBi MPT adds no position embedding; accepted for old YAMLs
+    norm_type: str = "low_precision_layernorm"
+    layer_norm_epsilon: float = 1e-5
+    logit_scale: Optional[float] = None  # not implemented by transformers' MPT
+    tokenizer_name: Optional[str] = None  # accepted, unused: inputs are random token ids
+
+    # --- hf_causal_lm: any transformers causal LM ---
+    pretrained_model_name_or_path: Optional[str] = None  # a local directory (or a hub id with network)
+    pretrained: bool = False  # False: random weights from the model's config (same speed, no weights needed)
+    config_overrides: Dict[str, Any] = field(default_factory=dict)  # e.g. {num_hidden_layers: 2}
+    trust_remote_code: bool = False
+
+    def check(self, max_seq_len: int) -> None:
+        _require(self.name in MODEL_NAMES, "model.name", self.name, f"must be one of {list(MODEL_NAMES)}")
+        if self.name == "mpt_causal_lm":
+            self._check_mpt(max_seq_len)
+        else:
+            _require(bool(self.pretrained_model_name_or_path), "model.pretrained_model_name_or_path",
+                     self.pretrained_model_name_or_path,
+                     "hf_causal_lm needs a local model directory (or a hub id where the machine has network)")
+
+    def _check_mpt(self, max_seq_len: int) -> None:
+        for key in ("d_model", "n_heads", "n_layers"):
+            value = getattr(self, key)
+            _require(value is not None, f"model.{key}", value, "is required for mpt_causal_lm")
+            _require(value > 0, f"model.{key}", value, "must be a positive integer")
+        _require(self.vocab_size > 0, "model.vocab_size", self.vocab_size, "must be a positive integer")
+        _require(self.d_model % self.n_heads == 0, "model.d_model", self.d_model,
+                 f"must be divisible by model.n_heads={self.n_heads}")
+        if self.max_seq_len is None:
+            self.max_seq_len = max_seq_len
+        _require(self.max_seq_len > 0, "model.max_seq_len", self.max_seq_len, "must be a positive integer")
+        ratio = self.mpt_expansion_ratio
+        _require(ratio == 4, "model.ffn_config.expansion_ratio" if self.ffn_config.expansion_ratio
+                 is not None else "model.expansion_ratio", ratio,
+                 "transformers' MptForCausalLM hard-codes a 4x MLP; only 4 can be benchmarked")
+        _require(self.ffn_config.ffn_type == "mptmlp", "model.ffn_config.ffn_type", self.ffn_config.ffn_type,
+                 "transformers' MptForCausalLM only implements 'mptmlp'")
+        _require(self.no_bias, "model.no_bias", self.no_bias,
+                 "transformers' MptForCausalLM has no biases; only true can be benchmarked")
+        _require(self.logit_scale is None, "model.logit_scale", self.logit_scale,
+                 "transformers' MptForCausalLM does not implement it; use null")
+        _require(self.norm_type in ("low_precision_layernorm", "layernorm"), "model.norm_type", self.norm_type,
+                 "transformers' MptForCausalLM uses LayerNorm: 'low_precision_layernorm' or 'layernorm'")
+        _require(self.init_device in ("cpu", "meta", "mixed", "cuda"), "model.init_device", self.init_device,
+                 "must be one of cpu, meta, mixed, cuda (llmbench builds on the target device regardless)")
+        self.attn_config.check("model.attn_config")
+
+    @property
+    def mpt_expansion_ratio(self) -> int:
+        if self.ffn_config.expansion_ratio is not None:
+            return self.ffn_config.expansion_ratio
+        return self.expansion_ratio if self.expansion_ratio is not None else 4
+
+
+@dataclass
+class BenchmarkConfig:
+    """The whole YAML. Defaults match llm-foundry's benchmarking script where it had one."""
+    model: ModelConfig = MISSING
+    benchmark_name: str = "benchmark"  # names the results file: <results_dir>/<benchmark_name>.jsonl
+    max_seq_len: int = 2048  # input_length + output_length must fit in it
+    device: Optional[str] = None  # null = cuda if available, else cpu
+    model_dtype: str = "bf16"  # fp32 | fp16 | bf16: the dtype of the weights
+    autocast_dtype: Optional[str] = None  # null, or run generate under torch.autocast in this dtype
+    use_deepspeed: bool = False  # wrap the model with deepspeed.init_inference
+    backend: str = "hf_generate"  # hf_generate (eager HF generate) | hf_compiled (static cache + torch.compile)
+    batch_sizes: List[int] = field(default_factory=lambda: [1])
+    input_lengths: List[int] = field(default_factory=lambda: [128])
+    output_lengths: List[int] = field(default_factory=lambda: [8])
+    use_cache: bool = True  # the KV cache; passed to generate explicitly (MPT's config defaults it off)
+    num_batches: int = 5  # timed generate calls per cell; every one is kept as a sample
+    num_warmup_batches: int = 3  # untimed generate calls per cell before the timed ones
+    seed: int = 17  # seeds the random input ids and the random weights
+    results_dir: str = "results"
+    noise_cv_threshold: float = 0.10  # a cell whose latency CV exceeds this is flagged noisy
+    variables: Dict[str, Any] = field(default_factory=dict)  # free helpers for ${variables.x} interpolation
+    tokenizer: Optional[Dict[str, Any]] = None  # accepted for llm-foundry YAMLs, unused
+    tokenizer_name: Optional[str] = None  # accepted for llm-foundry YAMLs, unused
+
+    def __post_init__(self) -> None:
+        _require(bool(self.benchmark_name) and "/" not in self.benchmark_name, "benchmark_name",
+                 self.benchmark_name, "must be a non-empty name without '/' (it names the results file)")
+        _require(self.max_seq_len > 0, "max_seq_len", self.max_seq_len, "must be a positive integer")
+        _require(self.model_dtype in DTYPES, "model_dtype", self.model_dtype, f"must be one of {list(DTYPES)}")
+        _require(self.autocast_dtype is None or self.autocast_dtype in DTYPES, "autocast_dtype",
+                 self.autocast_dtype, f"must be null or one of {list(DTYPES)}")
+        _require(self.device is None or self.device == "cpu" or self.device.startswith("cuda"), "device",
+                 self.device, "must be null (auto), 'cpu', 'cuda' or 'cuda:N'")
+        _require(self.backend in BACKENDS, "backend", self.backend, f"must be one of {list(BACKENDS)}")
+        for key in ("batch_sizes", "input_lengths", "output_lengths"):
+            _require_positive_ints(key, getattr(self, key))
+        _require(self.num_batches > 0, "num_batches", self.num_batches, "must be a positive integer")
+        _require(self.num_warmup_batches >= 0, "num_warmup_batches", self.num_warmup_batches,
+                 "must be 0 or more")
+        _require(0 < self.noise_cv_threshold, "noise_cv_threshold", self.noise_cv_threshold, "must be > 0")
+        self.model.check(self.max_seq_len)
+        longest = max(self.input_lengths) + max(self.output_lengths)
+        _require(longest <= self.max_seq_len, "max_seq_len", self.max_seq_len,
+                 f"max(input_lengths) + max(output_lengths) = {longest} must be <= max_seq_len; "
+                 "raise max_seq_len or shorten the lengths")
+        if self.model.name == "mpt_causal_lm":
+            _require(longest <= self.model.max_seq_len, "model.max_seq_len", self.model.max_seq_len,
+                     f"max(input_lengths) + max(output_lengths) = {longest} must fit in the model's "
+                     "ALiBi table; raise model.max_seq_len")
+
+
+def _one_line(err: OmegaConfBaseException) -> str:
+    """OmegaConf errors are multi-line with object dumps; keep the key and the first line."""
+    msg = str(getattr(err, "msg", None) or err).strip().splitlines()[0]
+    key = getattr(err, "full_key", None)
+    return f"{key}: {msg}" if key and key not in msg else msg
+
+
+def load_config(path: str, overrides: Optional[List[str]] = None) -> BenchmarkConfig:
+    """Load a YAML, apply ``key=value`` dotlist overrides, validate, and return the typed config.
+
+    Raises ConfigError (never a traceback-worthy exception) for anything the user can fix.
+    """
+    if not os.path.isfile(path):
+        raise ConfigError(f"config file {path!r} does not exist")
+    try:
+        with open(path) as f:
+            raw = yaml.safe_load(f)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {str(err).splitlines()[0]}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: must be a YAML mapping of keys, got {type(raw).__name__}")
+    try:
+        schema = OmegaConf.structured(BenchmarkConfig)
+        merged = OmegaConf.merge(schema, OmegaConf.create(raw), OmegaConf.from_dotlist(list(overrides or [])))
+        cfg = OmegaConf.to_object(merged)
+    except OmegaConfBaseException as err:
+        raise ConfigError(_one_line(err)) from None
+    assert isinstance(cfg, BenchmarkConfig)
+    return cfg
+
+
+def config_to_dict(cfg: BenchmarkConfig) -> Dict[str, Any]:
+    """The resolved config as plain data (interpolations applied), for files and hashing."""
+    return OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)
+
+
+def config_hash(cfg: BenchmarkConfig) -> str:
+    """A short stable hash of what determines the measurement (not where results are written)."""
+    data = config_to_dict(cfg)
+    data.pop("results_dir", None)
+    text = yaml.safe_dump(data, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def check_environment(cfg: BenchmarkConfig) -> None:
+    """Checks that need the machine (CUDA present, model path reachable); still before any model is built."""
+    import torch
+
+    if cfg.device is not None and cfg.device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device={cfg.device!r} is invalid: this machine has no CUDA device; "
+                          "use device: cpu or null (auto)")
+    if cfg.model.name == "hf_causal_lm":
+        _check_model_source(cfg.model)
+
+
+def _check_model_source(model: ModelConfig) -> None:
+    path = model.pretrained_model_name_or_path
+    if os.path.isdir(path):
+        if not os.path.isfile(os.path.join(path, "config.json")):
+            raise ConfigError(f"model.pretrained_model_name_or_path={path!r} is invalid: "
+                              "the directory has no config.json")
+        return
+    if path.startswith((".", "/", "~")) or path.count("/") > 1:
+        raise ConfigError(f"model.pretrained_model_name_or_path={path!r} is invalid: no such local directory")
+    # A hub id: usable if it is in the local cache, or if the hub answers.
+    from transformers import AutoConfig
+
+    try:
+        AutoConfig.from_pretrained(path, local_files_only=True, trust_remote_code=model.trust_remote_code)
+        return
+    except Exception:
+        pass
+    try:
+        from huggingface_hub import HfApi
+
+        HfApi().model_info(path, timeout=10)
+    except Exception as err:
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ConfigError(f"model.pretrained_model_name_or_path={path!r} is invalid: neither a local directory "
+                          f"nor reachable on the Hugging Face Hub ({reason[:120]})") from None
