@@ -26,15 +26,20 @@ def split_argv(argv):
 
 
 def main(argv) -> int:
-    from llmbench.config import ConfigError, check_environment, load_config
+    import time
 
+    start = time.perf_counter()
+    from llmbench.config import ConfigError, check_environment, load_config
+    from llmbench.run import run_benchmark, seconds_since_process_start
+
+    startup = {"import_s": seconds_since_process_start()}  # interpreter start + imports so far
     yaml_path, overrides = split_argv(argv)
     try:
+        start = time.perf_counter()
         cfg = load_config(yaml_path, overrides)
         check_environment(cfg)
-        from llmbench.run import run_benchmark
-
-        rows = run_benchmark(cfg)
+        startup["config_s"] = time.perf_counter() - start
+        rows = run_benchmark(cfg, startup=startup)
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

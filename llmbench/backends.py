@@ -8,7 +8,11 @@ cell always do the same work and the token count can be checked from the output 
 - ``hf_compiled``: transformers' static KV cache (``cache_implementation="static"``) with the
   decode forward compiled by ``torch.compile`` through generate's own ``compile_config``
   (``mode="reduce-overhead"``, i.e. CUDA graphs, on GPU). Compilation happens on the first
-  call of each new shape and is kept out of the samples by the warm-up (sweep.py).
+  call of each new shape and is kept out of the samples by the warm-up (sweep.py). MPT gets
+  an output-identical attention forward without the per-layer graph break (patches.py).
+
+Any backend other than eager ``hf_generate`` is checked before timing: its greedy tokens on
+the first cell's inputs must equal eager generate's (``outputs_match`` in every row).
 """
 from __future__ import annotations
 
@@ -43,6 +47,12 @@ class HFGenerateBackend:
             use_cache=self.cfg.use_cache,  # explicit: MPT's config defaults it to False
         )
 
+    def prepare(self) -> None:
+        """Changes to the model this backend needs; undone by ``close``."""
+
+    def close(self) -> None:
+        pass
+
     def autocast(self):
         if self.cfg.autocast_dtype is None:
             return contextlib.nullcontext()
@@ -72,6 +82,16 @@ class HFCompiledBackend(HFGenerateBackend):
         torch._dynamo.config.accumulated_cache_size_limit = max(
             torch._dynamo.config.accumulated_cache_size_limit, 2048)
 
+    def prepare(self) -> None:
+        from llmbench.patches import patch_mpt_attention
+
+        self.patched_layers = patch_mpt_attention(self.model)
+
+    def close(self) -> None:
+        from llmbench.patches import unpatch_mpt_attention
+
+        unpatch_mpt_attention(self.model)  # eager generate runs transformers' own code again
+
     def generation_kwargs(self, output_length: int) -> dict:
         from transformers import CompileConfig
 
@@ -91,4 +111,32 @@ BACKEND_CLASSES = {cls.name: cls for cls in (HFGenerateBackend, HFCompiledBacken
 
 
 def build_backend(name: str, model: torch.nn.Module, cfg: BenchmarkConfig, device: torch.device):
-    return BACKEND_CLASSES[name](model, cfg, device)
+    backend = BACKEND_CLASSES[name](model, cfg, device)
+    backend.prepare()
+    return backend
+
+
+def compare_with_eager(backend, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                       output_length: int) -> dict:
+    """Greedy tokens of ``backend`` vs eager ``hf_generate`` on the same inputs (the correctness
+    gate). Runs the eager reference with the backend's changes undone. Returns row fields."""
+    import time
+
+    from llmbench.timing import sync
+
+    backend.close()
+    reference = HFGenerateBackend(backend.model, backend.cfg, backend.device)
+    expected = reference.generate(input_ids, attention_mask, output_length)
+    backend.prepare()
+    sync(backend.device)
+    start = time.perf_counter()
+    actual = backend.generate(input_ids, attention_mask, output_length)  # also compiles this shape
+    sync(backend.device)
+    first_call_s = time.perf_counter() - start
+    batch, length = input_ids.shape
+    return {
+        "outputs_match": bool(torch.equal(expected, actual)),
+        "outputs_compared": f"greedy tokens vs eager hf_generate, batch {batch}, input {length}, "
+                            f"output {output_length}, {backend.cfg.model_dtype}",
+        "gate_first_call_s": first_call_s,
+    }

@@ -166,6 +166,7 @@ class BenchmarkConfig:
     autocast_dtype: Optional[str] = None  # null, or run generate under torch.autocast in this dtype
     use_deepspeed: bool = False  # wrap the model with deepspeed.init_inference
     backend: str = "hf_generate"  # hf_generate (eager HF generate) | hf_compiled (static cache + torch.compile)
+    backends: Optional[List[str]] = None  # several backends, same model, same sweep, side by side (overrides backend)
     batch_sizes: List[int] = field(default_factory=lambda: [1])
     input_lengths: List[int] = field(default_factory=lambda: [128])
     output_lengths: List[int] = field(default_factory=lambda: [8])
@@ -175,9 +176,18 @@ class BenchmarkConfig:
     seed: int = 17  # seeds the random input ids and the random weights
     results_dir: str = "results"
     noise_cv_threshold: float = 0.10  # a cell whose latency CV exceeds this is flagged noisy
+    # --- hardware limits for MBU/MFU (roofline.py) ---
+    measure_peaks: bool = False  # measure bandwidth (big copy) and matmul FLOP/s on the spot
+    peak_memory_bandwidth_gbs: Optional[float] = None  # override the datasheet (GB/s = 1e9 bytes/s)
+    peak_tflops: Optional[float] = None  # override the datasheet dense TFLOP/s for model_dtype
     variables: Dict[str, Any] = field(default_factory=dict)  # free helpers for ${variables.x} interpolation
     tokenizer: Optional[Dict[str, Any]] = None  # accepted for llm-foundry YAMLs, unused
     tokenizer_name: Optional[str] = None  # accepted for llm-foundry YAMLs, unused
+
+    @property
+    def backend_names(self) -> List[str]:
+        """The backends this run sweeps, in order."""
+        return list(self.backends) if self.backends else [self.backend]
 
     def __post_init__(self) -> None:
         _require(bool(self.benchmark_name) and "/" not in self.benchmark_name, "benchmark_name",
@@ -189,6 +199,17 @@ class BenchmarkConfig:
         _require(self.device is None or self.device == "cpu" or self.device.startswith("cuda"), "device",
                  self.device, "must be null (auto), 'cpu', 'cuda' or 'cuda:N'")
         _require(self.backend in BACKENDS, "backend", self.backend, f"must be one of {list(BACKENDS)}")
+        if self.backends is not None:
+            _require(len(self.backends) > 0 and all(b in BACKENDS for b in self.backends)
+                     and len(set(self.backends)) == len(self.backends), "backends", self.backends,
+                     f"must be a non-empty list of distinct names from {list(BACKENDS)}")
+        if "hf_compiled" in self.backend_names:
+            _require(self.num_warmup_batches >= 2, "num_warmup_batches", self.num_warmup_batches,
+                     "must be >= 2 with hf_compiled: the first call of each shape compiles and the "
+                     "second still settles, so neither may be timed")
+        for key in ("peak_memory_bandwidth_gbs", "peak_tflops"):
+            value = getattr(self, key)
+            _require(value is None or value > 0, key, value, "must be null or a positive number")
         for key in ("batch_sizes", "input_lengths", "output_lengths"):
             _require_positive_ints(key, getattr(self, key))
         _require(self.num_batches > 0, "num_batches", self.num_batches, "must be a positive integer")

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from llmbench.config import BenchmarkConfig, ConfigError, ModelConfig
+from llmbench.roofline import ModelShape
 
 TORCH_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -24,6 +25,7 @@ class ModelInfo:
     num_params: int
     param_bytes: int  # bytes of all weights, as stored (decode reads them once per step)
     vocab_size: int
+    shape: ModelShape  # what the MBU/MFU byte and FLOP counts need
 
 
 def resolve_device(cfg: BenchmarkConfig) -> torch.device:
@@ -105,7 +107,50 @@ def describe_model(model: torch.nn.Module, cfg: BenchmarkConfig) -> ModelInfo:
     else:
         name = os.path.basename(os.path.normpath(cfg.model.pretrained_model_name_or_path))
     return ModelInfo(model_name=name, num_params=num_params, param_bytes=param_bytes,
-                     vocab_size=model.config.vocab_size)
+                     vocab_size=model.config.vocab_size, shape=model_shape(model))
+
+
+def kv_heads(hf_config) -> int:
+    """Key/value heads per layer: fewer than the query heads under multi-query/grouped attention."""
+    heads = hf_config.num_attention_heads
+    if getattr(hf_config, "num_key_value_heads", None):
+        return hf_config.num_key_value_heads
+    if getattr(hf_config, "model_type", "") == "falcon":
+        if getattr(hf_config, "new_decoder_architecture", False):
+            return hf_config.num_kv_heads
+        return 1 if getattr(hf_config, "multi_query", False) else heads
+    return heads
+
+
+def model_shape(model: torch.nn.Module) -> ModelShape:
+    """Read the counts roofline.py needs off the built model and its config."""
+    from transformers.pytorch_utils import Conv1D
+
+    config = model.config
+    head = model.get_output_embeddings()
+    head_weight = head.weight if head is not None else None
+    untied_embedding_bytes = body_matmul_params = 0
+    for module in model.modules():
+        weight = getattr(module, "weight", None)
+        if weight is None or weight is head_weight:
+            continue
+        if isinstance(module, torch.nn.Embedding):
+            untied_embedding_bytes += weight.numel() * weight.element_size()
+        elif isinstance(module, (torch.nn.Linear, Conv1D)):
+            body_matmul_params += weight.numel()
+    heads = config.num_attention_heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+    return ModelShape(
+        param_bytes=sum(p.numel() * p.element_size() for p in model.parameters()),
+        untied_embedding_bytes=untied_embedding_bytes,
+        body_matmul_params=body_matmul_params,
+        head_params=head_weight.numel() if head_weight is not None else 0,
+        n_layers=config.num_hidden_layers,
+        n_kv_heads=kv_heads(config),
+        head_dim=head_dim,
+        d_attn=heads * head_dim,
+        bytes_per_element=next(model.parameters()).element_size(),
+    )
 
 
 def format_count(n: int) -> str:

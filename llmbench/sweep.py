@@ -119,18 +119,31 @@ def check_token_count(output: torch.Tensor, clock: TokenClock, prompt_shape: tor
 
 
 def measure_cell(backend, cell: Cell, cfg: BenchmarkConfig, vocab_size: int,
-                 device: torch.device) -> Dict[str, object]:
-    """Warm up, then time ``num_batches`` calls of one cell; returns the measured fields of its row."""
+                 device: torch.device, energy_meter=None) -> Dict[str, object]:
+    """Warm up, then time ``num_batches`` calls of one cell; returns the measured fields of its row.
+
+    ``energy_meter`` (hardware.EnergyMeter) is read around the timed calls only."""
     input_ids, attention_mask = make_inputs(cfg.seed, cell.batch_size, cell.input_length, vocab_size, device)
     memory = PeakMemory(device)
     memory.reset()
     warmup_s = []
     for _ in range(cfg.num_warmup_batches):
         warmup_s.append(timed_generate(backend, input_ids, attention_mask, cell.output_length, device)["latency_s"])
+    energy_start_j = energy_meter.read_j() if energy_meter is not None else None
     samples = [timed_generate(backend, input_ids, attention_mask, cell.output_length, device)
                for _ in range(cfg.num_batches)]
+    energy_end_j = energy_meter.read_j() if energy_meter is not None else None
     peak_memory_gib = memory.read_gib()
-    return cell_metrics(cell, samples, warmup_s, cfg.noise_cv_threshold, peak_memory_gib, memory.kind)
+    row = cell_metrics(cell, samples, warmup_s, cfg.noise_cv_threshold, peak_memory_gib, memory.kind)
+    row.update(energy_fields(energy_start_j, energy_end_j, len(samples) * row["generated_tokens"]))
+    return row
+
+
+def energy_fields(start_j: Optional[float], end_j: Optional[float], tokens: int) -> Dict[str, Optional[float]]:
+    """Energy of the timed calls and per generated token; null (not zero) where unmeasured."""
+    if start_j is None or end_j is None:
+        return {"energy_j": None, "joules_per_token": None}
+    return {"energy_j": end_j - start_j, "joules_per_token": (end_j - start_j) / tokens}
 
 
 def cell_metrics(cell: Cell, samples: List[Dict[str, float]], warmup_s: List[float], noise_cv_threshold: float,
@@ -181,15 +194,15 @@ def release_memory(device: torch.device) -> None:
 
 
 def run_sweep(cfg: BenchmarkConfig, backend, vocab_size: int, device: torch.device,
-              on_row: Callable[[Dict[str, object]], None], on_cell_start: Optional[Callable[[Cell], None]] = None
-              ) -> List[Dict[str, object]]:
+              on_row: Callable[[Dict[str, object]], None], on_cell_start: Optional[Callable[[Cell], None]] = None,
+              energy_meter=None) -> List[Dict[str, object]]:
     """Measure every cell; hand each finished row to ``on_row`` immediately (it writes the file)."""
     rows = []
     for cell in iter_cells(cfg):
         if on_cell_start is not None:
             on_cell_start(cell)
         try:
-            row = {"status": "ok", **measure_cell(backend, cell, cfg, vocab_size, device)}
+            row = {"status": "ok", **measure_cell(backend, cell, cfg, vocab_size, device, energy_meter)}
         except TokenCountError as err:
             row = {"status": "error", "error": f"TokenCountError: {err}", **cell.__dict__}
         finally:
