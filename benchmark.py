@@ -3,6 +3,9 @@
     python benchmark.py yamls/tiny.yaml                      # the built-in CPU example
     python benchmark.py yamls/7b.yaml batch_sizes=[1,8] output_lengths=[64]   # dotlist overrides
     deepspeed --num_gpus 2 benchmark.py yamls/7b_tp.yaml     # DeepSpeed tensor parallelism
+    python benchmark.py plot results/*.jsonl --out assets    # charts from result files (no torch needed)
+    python benchmark.py report results/x.jsonl --max-latency 2   # best tokens/s under a latency limit
+    python benchmark.py compare a.jsonl b.jsonl --fail-above 5   # B / A per cell; exit 1 on a regression
 
 Bad input prints one line naming the key and exits 2, before any model is built.
 """
@@ -26,9 +29,12 @@ def split_argv(argv):
 
 
 def main(argv) -> int:
+    if argv and argv[0] in ("plot", "report", "compare"):  # analysis of result files: never imports torch
+        from llmbench.analysis_cli import main as analysis_main
+
+        return analysis_main(argv)
     import time
 
-    start = time.perf_counter()
     from llmbench.config import ConfigError, check_environment, load_config
     from llmbench.run import run_benchmark, seconds_since_process_start
 
