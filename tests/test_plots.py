@@ -1,5 +1,7 @@
 """Charts: the right files, non-empty, the right count; and the committed assets regenerate."""
 import glob
+
+import pytest
 import os
 
 from conftest import ROOT, run_cli
@@ -56,12 +58,21 @@ def test_only_failed_cells_and_single_points_still_draw(tmp_path):
     assert len(written["prefill-vs-decode"]) == 1  # input 128 has no ok cell: nothing to draw
 
 
-def test_committed_assets_regenerate_from_committed_results(tmp_path):
-    results = sorted(glob.glob(os.path.join(ROOT, "results", "cpu", "*.jsonl")))
-    assert results, "no committed results under results/cpu"
+HARDWARE = sorted(os.path.basename(d) for d in glob.glob(os.path.join(ROOT, "results", "*"))
+                  if glob.glob(os.path.join(d, "*.jsonl")))
+
+
+@pytest.mark.parametrize("hardware", HARDWARE)
+def test_committed_assets_regenerate_from_committed_results(tmp_path, hardware):
+    """assets/<hardware>/ is exactly what `plot results/<hardware>/*.jsonl` draws."""
+    results = sorted(glob.glob(os.path.join(ROOT, "results", hardware, "*.jsonl")))
     proc = run_cli("plot", *results, "--out", str(tmp_path), timeout=120)
     assert proc.returncode == 0, proc.stderr
     produced = sorted(os.path.basename(p) for p in glob.glob(str(tmp_path / "*.png")))
-    committed = sorted(os.path.basename(p) for p in glob.glob(os.path.join(ROOT, "assets", "*.png")))
+    committed = sorted(os.path.basename(p) for p in glob.glob(os.path.join(ROOT, "assets", hardware, "*.png")))
     assert produced == committed and all(os.path.getsize(tmp_path / p) > 1000 for p in produced)
     assert f"{len(produced)} charts written" in proc.stdout
+
+
+def test_committed_results_of_cpu_and_gpu_exist():
+    assert "cpu" in HARDWARE and any(h != "cpu" for h in HARDWARE)
