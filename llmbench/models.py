@@ -3,7 +3,9 @@
 Random weights give the real speed of a model of that shape (the same kernels run on the same
 shapes), so no weights need downloading. Models are constructed directly on the target device
 in the target dtype (``torch.device`` context + ``dtype=``), so a 30B bf16 model never exists as
-a 120 GB fp32 copy in host memory first.
+a 120 GB fp32 copy in host memory first. transformers' own per-module initialisation (a normal
+draw per element, slow on CPUs) is skipped; ``fill_random_`` writes cheap random values instead
+(benchmarks/build_memory.py measures both routes).
 """
 from __future__ import annotations
 
@@ -88,13 +90,50 @@ def build_model(cfg: BenchmarkConfig, device: torch.device):
             os.path.expanduser(cfg.model.pretrained_model_name_or_path), config=hf_config, dtype=dtype,
             device_map={"": device}, trust_remote_code=cfg.model.trust_remote_code)
     else:
-        # Parameters are allocated on the device in the final dtype and initialised there.
-        with torch.device(device):
+        from transformers.initialization import no_init_weights
+
+        # Parameters are allocated on the device in the final dtype and filled there.
+        with torch.device(device), no_init_weights():
             model = AutoModelForCausalLM.from_config(hf_config, dtype=dtype,
                                                      trust_remote_code=cfg.model.trust_remote_code)
+        model.tie_weights()  # tying lives in the skipped init_weights in some transformers versions
+        fill_random_(model, std=getattr(hf_config, "initializer_range", None) or cfg.model.init_std,
+                     seed=cfg.seed)
     model.eval()
     model.requires_grad_(False)
     return model, describe_model(model, cfg)
+
+
+# A prime, so that the repeating random tile does not line up with row lengths (powers of two):
+# weight rows stay distinct, and greedy decoding does not meet artificial exact ties.
+RANDOM_TILE = 1_048_573
+
+
+@torch.no_grad()
+def fill_random_(model: torch.nn.Module, std: float, seed: int) -> None:
+    """Random weights at memory-copy speed: matrices get a repeating tile of N(0, std) values,
+    biases 0 and other vectors (norm scales) 1, as a trained model's would be near. Speed does
+    not depend on the values, only on them being ordinary numbers (no NaN, denormals, zeros)."""
+    generator = torch.Generator().manual_seed(seed)
+    tiles = {}
+    for name, param in model.named_parameters():
+        if param.ndim < 2:
+            param.fill_(0.0 if name.endswith("bias") else 1.0)
+            continue
+        key = (param.device, param.dtype)
+        if key not in tiles:
+            values = torch.randn(RANDOM_TILE, generator=generator) * std
+            tiles[key] = torch.cat([values, values]).to(param.device, param.dtype)  # any window of RANDOM_TILE
+        # Each matrix starts at its own random place in the tile, so no two are equal (q != k != v).
+        start = int(torch.randint(RANDOM_TILE, (1,), generator=generator))
+        tile = tiles[key][start:start + RANDOM_TILE]
+        flat = param.view(-1)
+        whole = flat.numel() // RANDOM_TILE
+        if whole:
+            flat[: whole * RANDOM_TILE].view(whole, RANDOM_TILE).copy_(tile.expand(whole, RANDOM_TILE))
+        rest = flat.numel() - whole * RANDOM_TILE
+        if rest:
+            flat[whole * RANDOM_TILE:].copy_(tile[:rest])
 
 
 def describe_model(model: torch.nn.Module, cfg: BenchmarkConfig) -> ModelInfo:
