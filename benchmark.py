@@ -4,7 +4,8 @@
     python benchmark.py yamls/7b.yaml batch_sizes=[1,8] output_lengths=[64]   # dotlist overrides
     deepspeed --num_gpus 2 benchmark.py yamls/7b_tp.yaml     # DeepSpeed tensor parallelism
 
-Bad input prints one line naming the key and exits 2, before any model is built.
+Exit status: 0 when every cell is ok, oom or skipped; 1 when a cell errored; 2 for bad input
+(one line naming the key, before any model is built); 130 after Ctrl-C (every measured row kept).
 """
 import sys
 
@@ -38,6 +39,8 @@ def main(argv) -> int:
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        return 130
     return 0 if all(row["status"] in ("ok", "oom", "skipped") for row in rows) else 1
 
 
