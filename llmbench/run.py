@@ -142,10 +142,13 @@ class ProcessCellRunner:
             except EOFError:
                 raise ReportedError(f"ChildProcessError: the cell's process closed its pipe "
                                     f"(exit code {child.exitcode})") from None
+        except BaseException:  # Ctrl-C (or a failure here): the child's measurement is not wanted
+            child.terminate()
+            raise
         finally:
-            child.join(timeout=30)
-            if child.is_alive():  # still busy (interrupted) or stuck: end it
-                child.terminate()
+            child.join(timeout=30)  # after reporting, the child only has to exit
+            if child.is_alive():
+                child.kill()
                 child.join(timeout=10)
             receiver.close()
         if status == "ok":

@@ -149,10 +149,9 @@ def measure_cell(backend, cell: Cell, cfg: BenchmarkConfig, vocab_size: int,
     warmup_s = []
     for _ in range(cfg.num_warmup_batches):
         warmup_s.append(timed_generate(backend, input_ids, attention_mask, cell.output_length, device)["latency_s"])
-    min_duration_s = getattr(cfg, "min_duration_s", 0.0)
     samples: List[Dict[str, float]] = []
     timed_s = 0.0
-    while len(samples) < cfg.num_batches or timed_s < min_duration_s:
+    while len(samples) < cfg.num_batches or timed_s < cfg.min_duration_s:
         samples.append(timed_generate(backend, input_ids, attention_mask, cell.output_length, device))
         timed_s += samples[-1]["latency_s"]
     peak_memory_gib = memory.read_gib()
