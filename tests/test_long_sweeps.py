@@ -41,6 +41,31 @@ def statuses(rows):
     return {(r["batch_size"], r["input_length"], r["output_length"]): r["status"] for r in rows}
 
 
+# --- the new keys are validated at load time --------------------------------------------------
+
+@pytest.mark.parametrize("overrides, match", [
+    (["batch_sizes=abc"], r"batch_sizes='abc'.*'auto' or a non-empty list"),
+    (["batch_sizes=7"], r"batch_sizes=7.*'auto' or a non-empty list"),
+    (["isolation=thread"], r"isolation='thread'.*none.*process"),
+    (["min_duration_s=-1"], r"min_duration_s=-1.0"),
+    (["max_batch_search.start=0"], r"max_batch_search.start=0.*positive"),
+    (["max_batch_search.max=2", "max_batch_search.start=4"], r"max_batch_search.max=2.*>= max_batch_search.start=4"),
+    (["max_batch_search.enabled=true"], r"batch_sizes=\[1, 4\].*set batch_sizes=auto"),
+    (["resume=maybe"], r"resume"),
+])
+def test_bad_long_sweep_keys(overrides, match):
+    from llmbench.config import ConfigError
+
+    with pytest.raises(ConfigError, match=match):
+        load_config(TINY, overrides)
+
+
+def test_auto_is_the_search_switch():
+    for overrides in (["batch_sizes=auto"], ["batch_sizes=[1]", "max_batch_search.enabled=true"]):
+        cfg = load_config(TINY, overrides)
+        assert cfg.batch_sizes == "auto" and cfg.max_batch_search.enabled
+
+
 # --- the largest batch that fits -------------------------------------------------------------
 
 @pytest.mark.parametrize("limit, start, cap", [(37, 1, 1024), (1, 1, 1024), (2, 1, 64), (100, 1, 1024),
@@ -180,7 +205,8 @@ def test_min_duration_keeps_timing(tiny_cfg):
 
     cfg = tiny_cfg("num_batches=1", "num_warmup_batches=0", "min_duration_s=0.2")
     row = measure_cell(FakeBackend(prefill_s=0.02, step_s=0.01), Cell(1, 4, 2), cfg, 100, CPU)
-    assert row["num_samples"] >= 6 and sum(row["latency_s_samples"]) >= 0.2  # ~0.03 s a call
+    samples = row["latency_s_samples"]  # ~0.03 s a call: several calls, and not one more than needed
+    assert row["num_samples"] == len(samples) >= 2 and sum(samples[:-1]) < 0.2 <= sum(samples)
 
 
 def test_resume_reuses_only_rows_of_the_same_measurement(tiny_cfg, tmp_path):
@@ -231,6 +257,21 @@ def test_real_allocation_failure_under_address_space_limit(tmp_path, isolation):
     assert "can't allocate memory" in rows[1]["error"]
     if isolation == "process":
         assert rows[0]["isolation"] == "process" and rows[0]["model_build_s"] > 0
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_real_cuda_oom_then_smaller_cell_runs(tmp_path):
+    """Batch 4096 x input 2048 needs 256 GiB of attention scores: a real CUDA OOM; memory is
+    released, so the batch-1 cell after it runs, and the allocator is back where it started."""
+    from llmbench.run import run_benchmark
+
+    cfg = load_config(TINY, [f"results_dir={tmp_path}", "device=cuda", "max_seq_len=2056",
+                             "batch_sizes=[4096,1]", "input_lengths=[2048]", "output_lengths=[2]",
+                             "num_batches=1", "num_warmup_batches=0"])
+    rows = run_benchmark(cfg)
+    assert [r["status"] for r in rows] == ["oom", "ok"]
+    assert "OutOfMemoryError" in rows[0]["error"]
+    assert torch.cuda.memory_reserved() < 2 * 1024 ** 3
 
 
 def wait_for_rows(path, count, proc, timeout=240):
