@@ -7,7 +7,8 @@
     python benchmark.py report results/x.jsonl --max-latency 2   # best tokens/s under a latency limit
     python benchmark.py compare a.jsonl b.jsonl --fail-above 5   # B / A per cell; exit 1 on a regression
 
-Bad input prints one line naming the key and exits 2, before any model is built.
+Exit status: 0 when every cell is ok, oom or skipped; 1 when a cell errored; 2 for bad input
+(one line naming the key, before any model is built); 130 after Ctrl-C (every measured row kept).
 """
 import sys
 
@@ -49,6 +50,8 @@ def main(argv) -> int:
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        return 130
     return 0 if all(row["status"] in ("ok", "oom", "skipped") for row in rows) else 1
 
 

@@ -20,6 +20,7 @@ from omegaconf import MISSING, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 DTYPES = ("fp32", "fp16", "bf16")
+ISOLATIONS = ("none", "process")
 MODEL_NAMES = ("mpt_causal_lm", "hf_causal_lm")
 BACKENDS = ("hf_generate", "hf_compiled")
 
@@ -155,6 +156,51 @@ class ModelConfig:
         return self.expansion_ratio if self.expansion_ratio is not None else 4
 
 
+# --- long sweeps: OOM handling, resume, largest-batch search, isolation, noise guard ---
+@dataclass
+class MaxBatchSearchConfig:
+    """The ``max_batch_search:`` block: find, per (input, output) length pair, the largest batch
+    size that runs without running out of memory, by doubling from ``start`` then bisecting."""
+    enabled: bool = False  # true is the same as batch_sizes: auto
+    start: int = 1  # first batch size tried; doubled until a batch runs out of memory
+    max: int = 1024  # never try more than this; the search reports it if nothing ran out
+
+    def check(self) -> None:
+        _require(self.start > 0, "max_batch_search.start", self.start, "must be a positive integer")
+        _require(self.max >= self.start, "max_batch_search.max", self.max,
+                 f"must be >= max_batch_search.start={self.start}")
+
+
+def _check_long_sweep_keys(cfg: "BenchmarkConfig") -> None:
+    """Validation of the long-sweep keys (called from BenchmarkConfig.__post_init__)."""
+    if isinstance(cfg.batch_sizes, str):
+        _require(cfg.batch_sizes == "auto", "batch_sizes", cfg.batch_sizes,
+                 "must be 'auto' or a non-empty list of positive integers")
+        cfg.max_batch_search.enabled = True
+    elif cfg.max_batch_search.enabled:
+        # [1] is the default: a YAML that only enables the block means "search".
+        _require(list(cfg.batch_sizes) == [1], "batch_sizes", cfg.batch_sizes,
+                 "max_batch_search.enabled=true searches the batch sizes itself; set batch_sizes=auto "
+                 "or max_batch_search.enabled=false")
+        cfg.batch_sizes = "auto"
+    else:
+        _require(isinstance(cfg.batch_sizes, (list, tuple)), "batch_sizes", cfg.batch_sizes,
+                 "must be 'auto' or a non-empty list of positive integers")
+        _require_positive_ints("batch_sizes", list(cfg.batch_sizes))
+        cfg.batch_sizes = list(cfg.batch_sizes)
+    cfg.max_batch_search.check()
+    _require(cfg.isolation in ISOLATIONS, "isolation", cfg.isolation, f"must be one of {list(ISOLATIONS)}")
+    _require(cfg.min_duration_s >= 0, "min_duration_s", cfg.min_duration_s, "must be 0 (off) or more seconds")
+
+
+# Keys that never change the numbers of one cell: left out of the hash that resume matches on,
+# so a sweep resumed with a longer batch list, or a different search range, reuses its cells.
+NOT_MEASUREMENT_KEYS = ("results_dir", "resume", "batch_sizes", "input_lengths", "output_lengths",
+                        "max_batch_search", "skip_larger_after_oom", "estimate_memory",
+                        "backend", "backends")  # rows carry their backend; resume matches it too
+# --- end of long sweeps ---
+
+
 @dataclass
 class BenchmarkConfig:
     """The whole YAML. Defaults match llm-foundry's benchmarking script where it had one."""
@@ -167,7 +213,7 @@ class BenchmarkConfig:
     use_deepspeed: bool = False  # wrap the model with deepspeed.init_inference
     backend: str = "hf_generate"  # hf_generate (eager HF generate) | hf_compiled (static cache + torch.compile)
     backends: Optional[List[str]] = None  # several backends, same model, same sweep, side by side (overrides backend)
-    batch_sizes: List[int] = field(default_factory=lambda: [1])
+    batch_sizes: Any = field(default_factory=lambda: [1])  # a list of positive integers, or 'auto' (search)
     input_lengths: List[int] = field(default_factory=lambda: [128])
     output_lengths: List[int] = field(default_factory=lambda: [8])
     use_cache: bool = True  # the KV cache; passed to generate explicitly (MPT's config defaults it off)
@@ -183,6 +229,14 @@ class BenchmarkConfig:
     variables: Dict[str, Any] = field(default_factory=dict)  # free helpers for ${variables.x} interpolation
     tokenizer: Optional[Dict[str, Any]] = None  # accepted for llm-foundry YAMLs, unused
     tokenizer_name: Optional[str] = None  # accepted for llm-foundry YAMLs, unused
+    # --- long sweeps (README "Long sweeps") ---
+    skip_larger_after_oom: bool = True  # after an OOM, skip larger batches of the same (input, output)
+    resume: bool = False  # skip cells already in the results file with the same measurement hash
+    isolation: str = "none"  # none | process: each cell in a fresh child process (rebuilds the model)
+    min_duration_s: float = 0.0  # keep timing until num_batches AND this many seconds of samples
+    estimate_memory: bool = True  # skip cells whose KV cache alone exceeds free memory (boundary still tried)
+    max_batch_search: MaxBatchSearchConfig = field(default_factory=MaxBatchSearchConfig)
+    # --- end of long sweeps ---
 
     @property
     def backend_names(self) -> List[str]:
@@ -210,7 +264,8 @@ class BenchmarkConfig:
         for key in ("peak_memory_bandwidth_gbs", "peak_tflops"):
             value = getattr(self, key)
             _require(value is None or value > 0, key, value, "must be null or a positive number")
-        for key in ("batch_sizes", "input_lengths", "output_lengths"):
+        _check_long_sweep_keys(self)
+        for key in ("input_lengths", "output_lengths"):
             _require_positive_ints(key, getattr(self, key))
         _require(self.num_batches > 0, "num_batches", self.num_batches, "must be a positive integer")
         _require(self.num_warmup_batches >= 0, "num_warmup_batches", self.num_warmup_batches,
@@ -263,12 +318,25 @@ def config_to_dict(cfg: BenchmarkConfig) -> Dict[str, Any]:
     return OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)
 
 
+def _hash(data: Dict[str, Any]) -> str:
+    return hashlib.sha256(yaml.safe_dump(data, sort_keys=True).encode()).hexdigest()[:12]
+
+
 def config_hash(cfg: BenchmarkConfig) -> str:
-    """A short stable hash of what determines the measurement (not where results are written)."""
+    """A short stable hash of the resolved config (not where results go, nor whether it resumes)."""
     data = config_to_dict(cfg)
-    data.pop("results_dir", None)
-    text = yaml.safe_dump(data, sort_keys=True)
-    return hashlib.sha256(text.encode()).hexdigest()[:12]
+    for key in ("results_dir", "resume"):
+        data.pop(key, None)
+    return _hash(data)
+
+
+def measurement_hash(cfg: BenchmarkConfig) -> str:
+    """The hash of everything that can change one cell's numbers: the resolved config without the
+    grid and the sweep policy. Resume identifies a cell by (measurement_hash, batch, input, output)."""
+    data = config_to_dict(cfg)
+    for key in NOT_MEASUREMENT_KEYS:
+        data.pop(key, None)
+    return _hash(data)
 
 
 def check_environment(cfg: BenchmarkConfig) -> None:

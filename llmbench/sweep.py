@@ -4,17 +4,22 @@ One cell: seeded random inputs, ``num_warmup_batches`` untimed calls, then ``num
 timed calls, each synchronised on both sides, each sample kept. TTFT and TPOT come from the
 same timed calls (a per-token clock passed to generate as its streamer), not from separate
 runs. The number of generated tokens is counted from the output tensor on every call.
+
+The sweep never loses a cell to a failure of another: an out-of-memory error becomes a row
+with ``status: oom`` (and larger batches of the same lengths ``skipped``), any other exception
+a row with ``status: error``, and the sweep goes on. ``batch_sizes: auto`` replaces the batch
+list by a search for the largest batch that fits (``find_max_batch``).
 """
 from __future__ import annotations
 
-import gc
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
 import torch
 
 from llmbench.config import BenchmarkConfig
+from llmbench.memory import is_out_of_memory, release_memory, short_message
 from llmbench.timing import TokenClock, summarize, sync
 
 GIB = 1024 ** 3
@@ -31,8 +36,23 @@ class Cell:
     output_length: int
 
 
+CellKey = Tuple[int, int, int]  # (batch_size, input_length, output_length)
+
+
+def cell_key(row) -> CellKey:
+    """The grid position of a cell or a row."""
+    if isinstance(row, Cell):
+        return row.batch_size, row.input_length, row.output_length
+    return int(row["batch_size"]), int(row["input_length"]), int(row["output_length"])
+
+
 def iter_cells(cfg: BenchmarkConfig) -> Iterator[Cell]:
-    """The sweep in llm-foundry's order: batch size, then input length, then output length."""
+    """The sweep in llm-foundry's order: batch size, then input length, then output length.
+
+    With ``batch_sizes: auto`` the batch sizes are not known in advance: nothing is yielded.
+    """
+    if cfg.batch_sizes == "auto":
+        return
     for batch_size in cfg.batch_sizes:
         for input_length in cfg.input_lengths:
             for output_length in cfg.output_lengths:
@@ -120,9 +140,9 @@ def check_token_count(output: torch.Tensor, clock: TokenClock, prompt_shape: tor
 
 def measure_cell(backend, cell: Cell, cfg: BenchmarkConfig, vocab_size: int,
                  device: torch.device, energy_meter=None) -> Dict[str, object]:
-    """Warm up, then time ``num_batches`` calls of one cell; returns the measured fields of its row.
-
-    ``energy_meter`` (hardware.EnergyMeter) is read around the timed calls only."""
+    """Warm up, then time calls of one cell until there are ``num_batches`` of them and they add up
+    to ``min_duration_s`` (so a fast cell is not a handful of noisy samples); returns the measured
+    fields of its row. ``energy_meter`` (hardware.EnergyMeter) is read around the timed calls only."""
     input_ids, attention_mask = make_inputs(cfg.seed, cell.batch_size, cell.input_length, vocab_size, device)
     memory = PeakMemory(device)
     memory.reset()
@@ -130,8 +150,11 @@ def measure_cell(backend, cell: Cell, cfg: BenchmarkConfig, vocab_size: int,
     for _ in range(cfg.num_warmup_batches):
         warmup_s.append(timed_generate(backend, input_ids, attention_mask, cell.output_length, device)["latency_s"])
     energy_start_j = energy_meter.read_j() if energy_meter is not None else None
-    samples = [timed_generate(backend, input_ids, attention_mask, cell.output_length, device)
-               for _ in range(cfg.num_batches)]
+    samples: List[Dict[str, float]] = []
+    timed_s = 0.0
+    while len(samples) < cfg.num_batches or timed_s < cfg.min_duration_s:
+        samples.append(timed_generate(backend, input_ids, attention_mask, cell.output_length, device))
+        timed_s += samples[-1]["latency_s"]
     energy_end_j = energy_meter.read_j() if energy_meter is not None else None
     peak_memory_gib = memory.read_gib()
     row = cell_metrics(cell, samples, warmup_s, cfg.noise_cv_threshold, peak_memory_gib, memory.kind)
@@ -186,27 +209,163 @@ def cell_metrics(cell: Cell, samples: List[Dict[str, float]], warmup_s: List[flo
     }
 
 
-def release_memory(device: torch.device) -> None:
-    """Drop cached blocks so that one cell's leftovers (or an OOM) do not shrink the next cell."""
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
+@dataclass
+class MaxBatchResult:
+    """The outcome of ``find_max_batch`` for one (input, output) pair."""
+    largest: Optional[int]  # the largest batch that ran; None if even the smallest tried did not
+    tries: List[Tuple[int, str]] = field(default_factory=list)  # (batch, status) in the order tried
+    stopped_by: Optional[str] = None  # a status other than ok/oom that ended the search early
+
+
+def find_max_batch(try_batch: Callable[[int], str], start: int, limit: int) -> MaxBatchResult:
+    """The largest batch size in [1, limit] for which ``try_batch`` returns ``"ok"``, assuming
+    that every batch above one that returns ``"oom"`` would run out of memory too.
+
+    Doubles from ``start`` until a batch runs out of memory (or ``limit`` is reached), then
+    bisects between the last batch that ran and the first that did not: about 2 log2(answer)
+    tries. Any other status (an error) stops the search with the best answer so far.
+    """
+    result = MaxBatchResult(largest=None)
+
+    def attempt(batch: int) -> str:
+        status = try_batch(batch)
+        result.tries.append((batch, status))
+        if status not in ("ok", "oom"):
+            result.stopped_by = status
+        return status
+
+    fits, too_big = 0, None  # 0: nothing known to fit yet
+    batch = start
+    while too_big is None:
+        status = attempt(batch)
+        if status == "ok":
+            fits = batch
+            if batch >= limit:
+                break
+            batch = min(2 * batch, limit)
+        elif status == "oom":
+            too_big = batch
+        else:
+            break
+    # Invariant: `fits` ran (or is 0), `too_big` ran out of memory; the answer lies in between.
+    while result.stopped_by is None and too_big is not None and too_big - fits > 1:
+        middle = (fits + too_big) // 2
+        status = attempt(middle)
+        if status == "ok":
+            fits = middle
+        elif status == "oom":
+            too_big = middle
+    result.largest = fits or None
+    return result
+
+
+class Sweep:
+    """Runs the cells of a sweep, turning failures into rows.
+
+    ``measure(cell)`` returns the measured fields of a row or raises; an out-of-memory error
+    becomes ``status: oom``, any other exception ``status: error``. ``prior`` holds rows of an
+    earlier run of the same measurement (resume): a cell with an ``ok`` or ``oom`` row there is
+    not measured again. ``estimate(cell)`` returns a reason when the cell certainly cannot fit,
+    else None; the first such cell of each (input, output) pair is still tried for real.
+    """
+
+    def __init__(self, cfg: BenchmarkConfig, measure: Callable[[Cell], Dict[str, object]],
+                 on_row: Callable[[Dict[str, object]], None], device: torch.device,
+                 on_cell_start: Optional[Callable[[Cell], None]] = None,
+                 prior: Optional[Dict[CellKey, Dict[str, object]]] = None,
+                 estimate: Optional[Callable[[Cell], Optional[str]]] = None):
+        self.cfg, self.measure, self.on_row, self.device = cfg, measure, on_row, device
+        self.on_cell_start, self.prior, self.estimate = on_cell_start, prior or {}, estimate
+        self.rows: List[Dict[str, object]] = []  # written by this run, in order
+        self.reused: List[Dict[str, object]] = []  # rows of an earlier run that stand for cells of this one
+        self.max_batch: Dict[Tuple[int, int], MaxBatchResult] = {}  # (input, output) -> search outcome
+        self._oom_at: Dict[Tuple[int, int], int] = {}  # (input, output) -> smallest batch that ran out
+        self._estimate_tried = set()  # pairs whose first estimate-ruled-out cell was tried for real
+        self._estimate_wrong = set()  # pairs where such a cell ran after all: the estimate is not trusted
+
+    def run(self) -> List[Dict[str, object]]:
+        """Every cell of the grid, or with ``batch_sizes: auto`` the search for each length pair."""
+        if self.cfg.batch_sizes == "auto":
+            search = self.cfg.max_batch_search
+            for input_length in self.cfg.input_lengths:
+                for output_length in self.cfg.output_lengths:
+                    # The search tries every batch for real: it is all boundary, no estimate.
+                    self.max_batch[(input_length, output_length)] = find_max_batch(
+                        lambda b: self.run_cell(Cell(b, input_length, output_length), use_estimate=False),
+                        search.start, search.max)
+        else:
+            for cell in iter_cells(self.cfg):
+                self.run_cell(cell)
+        return self.rows
+
+    def run_cell(self, cell: Cell, use_estimate: bool = True) -> str:
+        """Measure (or reuse, or skip) one cell; writes its row; returns its status."""
+        previous = self.prior.get(cell_key(cell))
+        if previous is not None and previous.get("status") in ("ok", "oom"):
+            self.reused.append(previous)
+            self._learn(cell, previous["status"])
+            return previous["status"]
+        reason = self._skip_reason(cell, use_estimate)
+        if reason is not None:
+            if previous is not None and previous.get("status") == "skipped":
+                self.reused.append(previous)  # decided the same way before: no duplicate row
+            else:
+                self._emit({"status": "skipped", "reason": reason, **cell.__dict__})
+            return "skipped"
+        if self.on_cell_start is not None:
+            self.on_cell_start(cell)
+        failure = None
+        try:
+            row = {"status": "ok", **self.measure(cell)}
+        except Exception as err:  # KeyboardInterrupt is not an Exception: it ends the sweep
+            failure = ("oom" if is_out_of_memory(err) else "error", short_message(err))
+        finally:
+            # Outside the except block: the exception and its frames (holding the failed call's
+            # tensors) are gone by now, so this really frees the memory.
+            release_memory(self.device)
+        if failure is not None:
+            row = {"status": failure[0], "error": failure[1], **cell.__dict__}
+        self._learn(cell, row["status"])
+        self._emit(row)
+        return row["status"]
+
+    def _emit(self, row: Dict[str, object]) -> None:
+        self.on_row(row)
+        self.rows.append(row)
+
+    def _learn(self, cell: Cell, status: str) -> None:
+        pair = (cell.input_length, cell.output_length)
+        if status == "oom":
+            self._oom_at[pair] = min(cell.batch_size, self._oom_at.get(pair, cell.batch_size))
+        if self.estimate is not None and self.estimate(cell) is not None:
+            self._estimate_tried.add(pair)
+            if status == "ok":
+                self._estimate_wrong.add(pair)
+
+    def _skip_reason(self, cell: Cell, use_estimate: bool) -> Optional[str]:
+        pair = (cell.input_length, cell.output_length)
+        oom_batch = self._oom_at.get(pair)
+        if self.cfg.skip_larger_after_oom and oom_batch is not None and cell.batch_size > oom_batch:
+            return (f"batch {oom_batch} ran out of memory at input {cell.input_length} / output "
+                    f"{cell.output_length} (skip_larger_after_oom)")
+        if use_estimate and self.estimate is not None and pair in self._estimate_tried \
+                and pair not in self._estimate_wrong:
+            return self.estimate(cell)  # None when the estimate lets it through
+        return None
 
 
 def run_sweep(cfg: BenchmarkConfig, backend, vocab_size: int, device: torch.device,
               on_row: Callable[[Dict[str, object]], None], on_cell_start: Optional[Callable[[Cell], None]] = None,
+              measure: Optional[Callable[[Cell], Dict[str, object]]] = None,
+              prior: Optional[Dict[CellKey, Dict[str, object]]] = None,
+              estimate: Optional[Callable[[Cell], Optional[str]]] = None,
               energy_meter=None) -> List[Dict[str, object]]:
-    """Measure every cell; hand each finished row to ``on_row`` immediately (it writes the file)."""
-    rows = []
-    for cell in iter_cells(cfg):
-        if on_cell_start is not None:
-            on_cell_start(cell)
-        try:
-            row = {"status": "ok", **measure_cell(backend, cell, cfg, vocab_size, device, energy_meter)}
-        except TokenCountError as err:
-            row = {"status": "error", "error": f"TokenCountError: {err}", **cell.__dict__}
-        finally:
-            release_memory(device)
-        on_row(row)
-        rows.append(row)
-    return rows
+    """Measure every cell; hand each finished row to ``on_row`` immediately (it writes the file).
+
+    Returns the rows written by this call. ``measure`` defaults to ``measure_cell`` on
+    ``backend``; ``prior`` and ``estimate`` are as in ``Sweep``.
+    """
+    if measure is None:
+        def measure(cell: Cell) -> Dict[str, object]:
+            return measure_cell(backend, cell, cfg, vocab_size, device, energy_meter)
+    return Sweep(cfg, measure, on_row, device, on_cell_start, prior, estimate).run()

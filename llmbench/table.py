@@ -4,6 +4,7 @@ from __future__ import annotations
 from typing import Any, Dict, Iterable, Optional
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 
@@ -22,7 +23,8 @@ def build_table(rows: Iterable[Dict[str, Any]], title: str = "") -> Table:
         cells = [str(row.get("batch_size")), str(row.get("input_length")), str(row.get("output_length"))]
         if status != "ok":
             reason = row.get("error") or row.get("reason") or ""
-            table.add_row(*cells, f"[red]{status}[/red] {reason[:60]}", *["-"] * 8)
+            # escape: allocator messages start with "[enforce fail at ...]", which is rich markup
+            table.add_row(*cells, f"[red]{status}[/red] {escape(reason[:60])}", *["-"] * 8)
             continue
         flags = []
         if row.get("noisy"):
