@@ -202,6 +202,44 @@ NOT_MEASUREMENT_KEYS = ("results_dir", "resume", "batch_sizes", "input_lengths",
 
 
 @dataclass
+class DeepSpeedConfig:
+    """The ``deepspeed:`` block: how ``deepspeed.init_inference`` wraps the model (``use_deepspeed: true``).
+
+    The weights' dtype is ``model_dtype``. Checks that need the machine (the launcher's world size,
+    CUDA present, heads divisible by ``tp_size``) are in ``llmbench.distributed.check_deepspeed``.
+    """
+    tp_size: Optional[int] = None  # tensor-parallel ranks; null = the launcher's world size (1 without one)
+    replace_with_kernel_inject: Optional[bool] = None  # DeepSpeed's fused CUDA kernels; null = true on CUDA,
+    # false on CPU (they do not exist there)
+    enable_cuda_graph: bool = False  # DeepSpeed's CUDA graph of the forward: CUDA only, tp_size 1 only
+    check_outputs: bool = True  # before timing, compare greedy output with the plain HF model's
+
+    def check(self, use_deepspeed: bool, device: Optional[str], backends: List[str], isolation: str) -> None:
+        if not use_deepspeed:
+            for key, unset in (("tp_size", None), ("replace_with_kernel_inject", None), ("enable_cuda_graph", False)):
+                value = getattr(self, key)
+                _require(value == unset, f"deepspeed.{key}", value,
+                         "only applies with use_deepspeed: true; set use_deepspeed=true or remove it")
+            return
+        _require(self.tp_size is None or self.tp_size > 0, "deepspeed.tp_size", self.tp_size,
+                 "must be null (the launcher's world size) or a positive integer")
+        _require(backends == ["hf_generate"], "backends" if len(backends) > 1 else "backend",
+                 backends if len(backends) > 1 else backends[0],
+                 "use_deepspeed wraps eager generate; use backend: hf_generate with use_deepspeed: true")
+        _require(isolation == "none", "isolation", isolation,
+                 "a DeepSpeed run keeps its ranks' process group for the whole sweep; use isolation: none")
+        if device == "cpu":
+            _require(self.replace_with_kernel_inject is not True, "deepspeed.replace_with_kernel_inject", True,
+                     "DeepSpeed's injected kernels are CUDA-only and do not exist on the CPU; "
+                     "set it to false (or null) for device: cpu")
+            _require(not self.enable_cuda_graph, "deepspeed.enable_cuda_graph", True,
+                     "CUDA graphs need a CUDA device; set it to false for device: cpu")
+        _require(not (self.enable_cuda_graph and (self.tp_size or 1) > 1), "deepspeed.enable_cuda_graph", True,
+                 f"DeepSpeed does not support CUDA graphs with tensor parallelism (tp_size={self.tp_size}); "
+                 "set it to false or tp_size=1")
+
+
+@dataclass
 class BenchmarkConfig:
     """The whole YAML. Defaults match llm-foundry's benchmarking script where it had one."""
     model: ModelConfig = MISSING
@@ -210,7 +248,8 @@ class BenchmarkConfig:
     device: Optional[str] = None  # null = cuda if available, else cpu
     model_dtype: str = "bf16"  # fp32 | fp16 | bf16: the dtype of the weights
     autocast_dtype: Optional[str] = None  # null, or run generate under torch.autocast in this dtype
-    use_deepspeed: bool = False  # wrap the model with deepspeed.init_inference
+    use_deepspeed: bool = False  # wrap the model with deepspeed.init_inference (see llmbench/distributed.py)
+    deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)  # init_inference options
     backend: str = "hf_generate"  # hf_generate (eager HF generate) | hf_compiled (static cache + torch.compile)
     backends: Optional[List[str]] = None  # several backends, same model, same sweep, side by side (overrides backend)
     batch_sizes: Any = field(default_factory=lambda: [1])  # a list of positive integers, or 'auto' (search)
@@ -272,6 +311,7 @@ class BenchmarkConfig:
                  "must be 0 or more")
         _require(0 < self.noise_cv_threshold, "noise_cv_threshold", self.noise_cv_threshold, "must be > 0")
         self.model.check(self.max_seq_len)
+        self.deepspeed.check(self.use_deepspeed, self.device, self.backend_names, self.isolation)
         longest = max(self.input_lengths) + max(self.output_lengths)
         _require(longest <= self.max_seq_len, "max_seq_len", self.max_seq_len,
                  f"max(input_lengths) + max(output_lengths) = {longest} must be <= max_seq_len; "
@@ -348,6 +388,10 @@ def check_environment(cfg: BenchmarkConfig) -> None:
                           "use device: cpu or null (auto)")
     if cfg.model.name == "hf_causal_lm":
         _check_model_source(cfg.model)
+    if cfg.use_deepspeed:  # world size, heads divisible by tp_size, kernels on CPU
+        from llmbench.distributed import check_deepspeed
+
+        check_deepspeed(cfg)
 
 
 def _check_model_source(model: ModelConfig) -> None:

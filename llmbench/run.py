@@ -178,8 +178,19 @@ def run_benchmark(cfg: BenchmarkConfig, console: Console | None = None,
     console = console or make_console()
     startup = dict(startup or {})
     device = resolve_device(cfg)
-    writer = ResultsWriter(results_path(cfg))
-    config_file = save_resolved_config(cfg)
+    # DeepSpeed (distributed.py): this rank's device, init_inference, dtype/sharding/output checks.
+    ds_run = None
+    if cfg.use_deepspeed:
+        from llmbench.distributed import DeepSpeedRun
+
+        ds_run = DeepSpeedRun(cfg, device)
+        device = ds_run.device
+        if not ds_run.is_main:  # only rank 0 prints the table and writes results
+            console = Console(quiet=True)
+    is_main = ds_run is None or ds_run.is_main
+    # Every rank reads the same file on resume, so all ranks run the same cells (collectives).
+    writer = ResultsWriter(results_path(cfg)) if is_main else ReadOnlyResults(results_path(cfg))
+    config_file = save_resolved_config(cfg) if is_main else None
     model = None
     if cfg.isolation == "process":
         hf_config, info = describe_without_weights(cfg)
@@ -189,7 +200,9 @@ def run_benchmark(cfg: BenchmarkConfig, console: Console | None = None,
         from llmbench.models import build_model
 
         start = time.perf_counter()
-        model, info = build_model(cfg, device)
+        model, info = build_model(cfg, ds_run.build_device if ds_run else device)
+        if ds_run:
+            model = ds_run.wrap(model)
         startup["model_build_s"] = time.perf_counter() - start  # built on the device: includes the move
         estimate = make_estimate(cfg, device, model.config)
         how = f"built in {startup['model_build_s']:.1f} s"
@@ -199,8 +212,23 @@ def run_benchmark(cfg: BenchmarkConfig, console: Console | None = None,
     rows: List[Dict[str, Any]] = []
     for backend_name in cfg.backend_names:
         context = RunContext(cfg, device, model, info, backend_name, startup, facts, measured, energy_meter)
+        if ds_run:
+            context.meta.update(ds_run.row_fields())
+            if ds_run.outputs_match is False:
+                console.print(f"[red]warning: DeepSpeed's output differs from the plain model's[/red] "
+                              f"({ds_run.outputs_compared})")
         rows.extend(context.sweep(writer, estimate, console, how, config_file))
     return rows
+
+
+class ReadOnlyResults:
+    """The results file as the non-writing ranks of a distributed run see it: read, never written."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def write(self, row: Dict[str, Any]) -> None:
+        pass
 
 
 class RunContext:
@@ -248,7 +276,10 @@ class RunContext:
 
         if row["status"] == "ok":
             row.update(roofline_fields(self.info.shape, self.peaks, row["batch_size"], row["input_length"],
-                                       row["output_length"], row["ttft_ms"], row["tpot_ms"]))
+                                       row["output_length"], row["ttft_ms"], row["tpot_ms"],
+                                       num_devices=self.meta.get("tp_size") or 1))
+        if "outputs_match" in self.meta:  # the table flags a backend whose tokens differ
+            row["outputs_match"] = self.meta["outputs_match"]
         if "time_to_first_row_s" not in self.meta:
             self.meta["time_to_first_row_s"] = seconds_since_process_start()
         return {**self.meta, "timestamp": timestamp(), **row}
@@ -257,8 +288,8 @@ class RunContext:
         import torch
 
         cfg, meta, info = self.cfg, self.meta, self.info
-        prior = load_prior_rows(writer.path, cfg, self.backend_name) if cfg.resume else {}
         measure, backend = self.measure_function()
+        prior = load_prior_rows(writer.path, cfg, meta["backend"]) if cfg.resume else {}
         console.print(f"[bold]{cfg.benchmark_name}[/bold]: {info.model_name} ({info.num_params:,} params, "
                       f"{cfg.model_dtype}) on {meta['device_name']} via {self.backend_name}; {how}; "
                       f"peaks: {self.peaks.source}")
@@ -295,6 +326,8 @@ class RunContext:
                 release_memory(self.device)
         if backend is not None:
             backend.close()
+        if isinstance(writer, ReadOnlyResults):
+            return sweep.rows
         report(cfg, sweep, writer.path, console, f"{cfg.benchmark_name}: {info.model_name} {cfg.model_dtype} on "
                                                  f"{meta['device_name']} ({self.backend_name})")
         if interrupted:

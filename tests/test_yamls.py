@@ -12,6 +12,7 @@ from llmbench.models import build_hf_config, check_model_fits
 YAMLS = sorted(glob.glob(os.path.join(ROOT, "yamls", "*.yaml")))
 # Parameter counts of the public models these shapes copy (billions, +-2%).
 EXPECTED_BILLIONS = {"1b.yaml": 1.31, "7b.yaml": 6.65, "30b.yaml": 29.96, "compare-mpt-7b.yaml": 6.65,
+                     "7b_tp.yaml": 6.65, "30b_tp.yaml": 29.96,
                      "compare-llama-7b.yaml": 6.74, "compare-falcon-7b.yaml": 6.92}
 
 
