@@ -291,7 +291,7 @@ class RunContext:
         measure, backend = self.measure_function()
         prior = load_prior_rows(writer.path, cfg, meta["backend"]) if cfg.resume else {}
         console.print(f"[bold]{cfg.benchmark_name}[/bold]: {info.model_name} ({info.num_params:,} params, "
-                      f"{cfg.model_dtype}) on {meta['device_name']} via {self.backend_name}; {how}; "
+                      f"{cfg.model_dtype}) on {meta['device_name']} via {meta['backend']}; {how}; "
                       f"peaks: {self.peaks.source}")
         if meta.get("outputs_match") is False:
             console.print(f"[red]WARNING: {self.backend_name} tokens differ from eager generate "
@@ -328,8 +328,9 @@ class RunContext:
             backend.close()
         if isinstance(writer, ReadOnlyResults):
             return sweep.rows
+        tp = f", tp={meta['tp_size']}" if (meta.get("tp_size") or 1) > 1 else ""
         report(cfg, sweep, writer.path, console, f"{cfg.benchmark_name}: {info.model_name} {cfg.model_dtype} on "
-                                                 f"{meta['device_name']} ({self.backend_name})")
+                                                 f"{meta['device_name']} ({meta['backend']}{tp})")
         if interrupted:
             console.print(f"[yellow]interrupted[/yellow]: {len(sweep.rows)} rows of this run kept; "
                           "rerun with resume=true to measure the rest")
