@@ -208,7 +208,9 @@ def run_benchmark(cfg: BenchmarkConfig, console: Console | None = None,
         how = f"built in {startup['model_build_s']:.1f} s"
     facts = gpu_facts(device.index or 0) if device.type == "cuda" else gpu_facts(-1)
     measured = measure_peaks(device, TORCH_DTYPES[cfg.model_dtype]) if cfg.measure_peaks else None
-    energy_meter = EnergyMeter([device.index or 0], enabled=device.type == "cuda")
+    # Under tensor parallelism every rank's GPU works on each token: rank 0 reads them all (one node).
+    gpus = list(range(ds_run.env.world_size)) if ds_run and device.type == "cuda" else [device.index or 0]
+    energy_meter = EnergyMeter(gpus, enabled=device.type == "cuda")
     rows: List[Dict[str, Any]] = []
     for backend_name in cfg.backend_names:
         context = RunContext(cfg, device, model, info, backend_name, startup, facts, measured, energy_meter)
