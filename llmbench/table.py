@@ -12,11 +12,15 @@ def _fmt(value: Optional[float], digits: int) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
+def _percent(fraction: Optional[float]) -> str:
+    return "-" if fraction is None else f"{fraction * 100:.1f}"
+
+
 def build_table(rows: Iterable[Dict[str, Any]], title: str = "") -> Table:
     """One line per cell; a cell that is not ``ok`` shows its status and reason, never a blank."""
     table = Table(title=title, title_justify="left")
     for name in ("batch", "input", "output", "status", "latency s", "cv %", "tokens/s", "TTFT ms",
-                 "TPOT ms", "decode tok/s", "prefill tok/s", "peak GiB"):
+                 "TPOT ms", "TPOT limit ms", "MBU %", "MFU %", "decode tok/s", "prefill tok/s", "peak GiB"):
         table.add_column(name, justify="left" if name == "status" else "right")
     for row in rows:
         status = row.get("status", "?")
@@ -24,7 +28,7 @@ def build_table(rows: Iterable[Dict[str, Any]], title: str = "") -> Table:
         if status != "ok":
             reason = row.get("error") or row.get("reason") or ""
             # escape: allocator messages start with "[enforce fail at ...]", which is rich markup
-            table.add_row(*cells, f"[red]{status}[/red] {escape(reason[:60])}", *["-"] * 8)
+            table.add_row(*cells, f"[red]{status}[/red] {escape(reason[:60])}", *["-"] * 11)
             continue
         flags = []
         if row.get("noisy"):
@@ -40,6 +44,9 @@ def build_table(rows: Iterable[Dict[str, Any]], title: str = "") -> Table:
             _fmt(row.get("tokens_per_s"), 1),
             _fmt(row.get("ttft_ms"), 2),
             _fmt(row.get("tpot_ms"), 2),
+            _fmt(row.get("tpot_limit_ms"), 2),  # the decode step at peak bandwidth
+            _percent(row.get("mbu")),
+            _percent(row.get("mfu")),
             _fmt(row.get("decode_tokens_per_s"), 1),
             _fmt(row.get("prefill_tokens_per_s"), 0),
             _fmt(row.get("peak_memory_gib"), 2),
@@ -51,7 +58,7 @@ def make_console() -> Console:
     """A console that does not squeeze the table to 80 columns when output is piped to a file."""
     console = Console()
     if not console.is_terminal:
-        console = Console(width=160)
+        console = Console(width=180)
     return console
 
 
