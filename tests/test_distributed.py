@@ -168,6 +168,7 @@ def test_deepspeed_launcher_two_processes(tmp_path):
 
 # --- CUDA-only paths ---
 
+@pytest.mark.gpu
 @needs_cuda
 @pytest.mark.parametrize("extra", [["deepspeed.replace_with_kernel_inject=true"], ["deepspeed.enable_cuda_graph=true"]],
                          ids=["kernel_inject", "cuda_graph"])

@@ -261,6 +261,7 @@ def test_real_allocation_failure_under_address_space_limit(tmp_path, isolation):
         assert rows[0]["isolation"] == "process" and rows[0]["model_build_s"] > 0
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_real_cuda_oom_then_smaller_cell_runs(tmp_path):
     """Batch 4096 x input 2048 needs 256 GiB of attention scores: a real CUDA OOM; memory is
