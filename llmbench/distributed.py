@@ -166,6 +166,24 @@ def count_modules(module: torch.nn.Module, package: str) -> int:
     return sum(type(m).__module__.startswith(package) for m in module.modules())
 
 
+def arch_list_for_deepspeed(arch_list: str) -> str:
+    """TORCH_CUDA_ARCH_LIST as DeepSpeed's JIT op builder can parse it.
+
+    DeepSpeed 0.19.8 (op_builder/builder.py, compute_capability_args) sorts the entries with
+    ``int()`` on each part, so an arch-specific entry such as ``9.0a`` (Hopper images set it)
+    raises ``ValueError: invalid literal for int() with base 10: '0a'`` when the fused inference
+    kernels are built. The family arch (``9.0``) builds the same kernels for them.
+    """
+    entries = [e for e in arch_list.replace(" ", ";").split(";") if e]
+    fixed = []
+    for entry in entries:
+        number, plus, ptx = entry.partition("+")
+        number = number.rstrip("abf")  # 9.0a -> 9.0, 10.0f -> 10.0
+        if number + plus + ptx not in fixed:
+            fixed.append(number + plus + ptx)
+    return ";".join(fixed)
+
+
 class DeepSpeedRun:
     """One process's part of a DeepSpeed run: its device, the wrapping, and the fields its rows carry."""
 
@@ -204,6 +222,8 @@ class DeepSpeedRun:
         from llmbench.models import TORCH_DTYPES
 
         dtype = TORCH_DTYPES[self.cfg.model_dtype]
+        if self.plan.kernel_inject and os.environ.get("TORCH_CUDA_ARCH_LIST"):
+            os.environ["TORCH_CUDA_ARCH_LIST"] = arch_list_for_deepspeed(os.environ["TORCH_CUDA_ARCH_LIST"])
         reference = self._reference_outputs(model) if self.cfg.deepspeed.check_outputs else None
         full_params = sum(p.numel() for p in model.parameters())
         # AutoTP replaces the Linear layers in place, so the reference above had to come first.

@@ -185,3 +185,17 @@ def test_cuda_paths(extra, tmp_path, monkeypatch):
     assert row["status"] == "ok" and row["outputs_match"] is True
     if "deepspeed.replace_with_kernel_inject=true" in extra:
         assert row["kernel_inject"] is True
+
+
+@pytest.mark.parametrize("given, expected", [
+    ("9.0a", "9.0"), ("8.0;9.0a", "8.0;9.0"), ("9.0 9.0a+PTX", "9.0;9.0+PTX"), ("8.6+PTX", "8.6+PTX"),
+    ("10.0f;9.0a", "10.0;9.0"),
+])
+def test_arch_list_is_parseable_by_deepspeed(given, expected):
+    """Hopper images set TORCH_CUDA_ARCH_LIST=9.0a, which DeepSpeed 0.19.8's JIT builder cannot parse."""
+    from llmbench.distributed import arch_list_for_deepspeed
+
+    fixed = arch_list_for_deepspeed(given)
+    assert fixed == expected
+    for entry in fixed.split(";"):  # what DeepSpeed does with each entry
+        tuple(int(part.split("+")[0]) for part in entry.split("."))
