@@ -11,6 +11,12 @@ cell always do the same work and the token count can be checked from the output 
   call of each new shape and is kept out of the samples by the warm-up (sweep.py). MPT gets
   an output-identical attention forward without the per-layer graph break (patches.py).
 
+- ``static_loop``: no ``generate`` at all: the model's own forward with a static KV cache in a
+  minimal greedy loop (gpt-fast's shape): prefill eager, each decode step one compiled call
+  (a CUDA graph on GPU) that also picks the token, no host sync between steps, per-token times
+  from CUDA events. It shows what the same transformers model does without generate's per-step
+  Python and syncs, i.e. how much of the gap to the bandwidth limit is the generate loop.
+
 Any backend other than eager ``hf_generate`` is checked before timing: its greedy tokens on
 the first cell's inputs must equal eager generate's (``outputs_match`` in every row).
 """
@@ -107,7 +113,76 @@ class HFCompiledBackend(HFGenerateBackend):
         return kwargs
 
 
-BACKEND_CLASSES = {cls.name: cls for cls in (HFGenerateBackend, HFCompiledBackend)}
+class StaticLoopBackend(HFGenerateBackend):
+    """A minimal greedy decode loop over the model's forward: static cache, compiled step."""
+
+    name = "static_loop"
+
+    def prepare(self) -> None:
+        from llmbench.patches import patch_mpt_attention
+
+        patch_mpt_attention(self.model)
+        self.caches = {}  # (batch, length) -> StaticCache: the same tensors every call (CUDA graphs)
+        import torch._dynamo
+
+        torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 256)
+        mode = "reduce-overhead" if self.device.type == "cuda" else "default"
+        self.step = torch.compile(self._decode_step, mode=mode, fullgraph=False, dynamic=False)
+
+    def close(self) -> None:
+        from llmbench.patches import unpatch_mpt_attention
+
+        unpatch_mpt_attention(self.model)
+        self.caches.clear()
+
+    def _decode_step(self, tokens: torch.Tensor, cache) -> torch.Tensor:
+        logits = self.model(input_ids=tokens, cache=cache, use_cache=True).logits
+        return logits[:, -1].argmax(dim=-1, keepdim=True)  # greedy, as generate(do_sample=False)
+
+    def cache_for(self, batch_size: int, max_len: int):
+        from transformers import StaticCache
+
+        key = (batch_size, max_len)
+        if key not in self.caches:
+            self.caches[key] = StaticCache(config=self.model.config, max_cache_len=max_len)
+        cache = self.caches[key]
+        cache.reset()  # zeroes K/V and the write position in place: same addresses every call
+        return cache
+
+    @torch.inference_mode()
+    def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, output_length: int,
+                 streamer: Optional[object] = None) -> torch.Tensor:
+        from llmbench.timing import TokenClock, sync
+
+        if not self.cfg.use_cache:
+            raise ValueError("static_loop decodes from its KV cache; use_cache must be true")
+        clock = streamer if isinstance(streamer, TokenClock) else None
+        if clock is not None:
+            clock.start(self.device)
+        batch_size, input_length = input_ids.shape
+        cache = self.cache_for(batch_size, input_length + output_length)
+        new_tokens = torch.empty(batch_size, output_length, dtype=input_ids.dtype, device=input_ids.device)
+        with self.autocast():
+            logits = self.model(input_ids=input_ids, attention_mask=attention_mask, cache=cache,
+                                use_cache=True, logits_to_keep=1).logits
+            token = logits[:, -1].argmax(dim=-1, keepdim=True)
+            new_tokens[:, :1] = token
+            if clock is not None:
+                clock.mark()
+            for i in range(1, output_length):
+                if self.device.type == "cuda":
+                    torch.compiler.cudagraph_mark_step_begin()  # the last step's output is consumed
+                token = self.step(token.clone(), cache)  # clone: the graph's output buffer is reused
+                new_tokens[:, i:i + 1] = token
+                if clock is not None:
+                    clock.mark()
+        if clock is not None:
+            sync(self.device)
+            clock.resolve()
+        return torch.cat([input_ids, new_tokens], dim=1)
+
+
+BACKEND_CLASSES = {cls.name: cls for cls in (HFGenerateBackend, HFCompiledBackend, StaticLoopBackend)}
 
 
 def build_backend(name: str, model: torch.nn.Module, cfg: BenchmarkConfig, device: torch.device):

@@ -22,7 +22,7 @@ from omegaconf.errors import OmegaConfBaseException
 DTYPES = ("fp32", "fp16", "bf16")
 ISOLATIONS = ("none", "process")
 MODEL_NAMES = ("mpt_causal_lm", "hf_causal_lm")
-BACKENDS = ("hf_generate", "hf_compiled")
+BACKENDS = ("hf_generate", "hf_compiled", "static_loop")
 
 
 class ConfigError(ValueError):
@@ -296,10 +296,14 @@ class BenchmarkConfig:
             _require(len(self.backends) > 0 and all(b in BACKENDS for b in self.backends)
                      and len(set(self.backends)) == len(self.backends), "backends", self.backends,
                      f"must be a non-empty list of distinct names from {list(BACKENDS)}")
-        if "hf_compiled" in self.backend_names:
+        compiled = [b for b in self.backend_names if b != "hf_generate"]
+        if compiled:
             _require(self.num_warmup_batches >= 2, "num_warmup_batches", self.num_warmup_batches,
-                     "must be >= 2 with hf_compiled: the first call of each shape compiles and the "
+                     f"must be >= 2 with {compiled[0]}: the first call of each shape compiles and the "
                      "second still settles, so neither may be timed")
+        if "static_loop" in self.backend_names:
+            _require(self.use_cache, "use_cache", self.use_cache, "must be true with static_loop (it decodes "
+                     "from a static KV cache)")
         for key in ("peak_memory_bandwidth_gbs", "peak_tflops"):
             value = getattr(self, key)
             _require(value is None or value > 0, key, value, "must be null or a positive number")

@@ -30,6 +30,8 @@ class TokenClock:
     def __init__(self) -> None:
         self.prompt_seen = False
         self.token_times: List[float] = []  # perf_counter() at each new token, in order
+        self._reference = None  # (perf_counter, CUDA event) taken together, for mark()
+        self._events: List[torch.cuda.Event] = []
 
     def put(self, value: torch.Tensor) -> None:
         if not self.prompt_seen:
@@ -39,6 +41,34 @@ class TokenClock:
 
     def end(self) -> None:
         pass
+
+    # A decode loop that never waits for the device cannot use put() (it would need the tokens
+    # on the host, a sync per step). It calls start(), mark() after each token's kernels are
+    # queued, and resolve() once the device is done: CUDA events record when the device got
+    # there, and are turned into perf_counter() times through one reference point.
+    def start(self, device: torch.device) -> None:
+        self.prompt_seen = True
+        if device.type == "cuda":
+            sync(device)
+            event = torch.cuda.Event(enable_timing=True)
+            event.record()
+            self._reference = (time.perf_counter(), event)
+
+    def mark(self) -> None:
+        if self._reference is None:  # CPU: kernels run as they are called, the clock is true
+            self.token_times.append(time.perf_counter())
+            return
+        event = torch.cuda.Event(enable_timing=True)
+        event.record()
+        self._events.append(event)
+
+    def resolve(self) -> None:
+        """After the device is done: the CUDA events become token times."""
+        if self._reference is None:
+            return
+        start_s, start_event = self._reference
+        self.token_times.extend(start_s + start_event.elapsed_time(e) / 1e3 for e in self._events)
+        self._events.clear()
 
 
 def percentile(samples: Sequence[float], q: float) -> float:
