@@ -37,6 +37,7 @@ def main(argv) -> int:
     import time
 
     from llmbench.config import ConfigError, check_environment, load_config
+    from llmbench.results import ResultsFileError
     from llmbench.run import run_benchmark, seconds_since_process_start
 
     startup = {"import_s": seconds_since_process_start()}  # interpreter start + imports so far
@@ -47,7 +48,7 @@ def main(argv) -> int:
         check_environment(cfg)
         startup["config_s"] = time.perf_counter() - start
         rows = run_benchmark(cfg, startup=startup)
-    except ConfigError as err:
+    except (ConfigError, ResultsFileError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -197,7 +197,11 @@ def _check_long_sweep_keys(cfg: "BenchmarkConfig") -> None:
 # so a sweep resumed with a longer batch list, or a different search range, reuses its cells.
 NOT_MEASUREMENT_KEYS = ("results_dir", "resume", "batch_sizes", "input_lengths", "output_lengths",
                         "max_batch_search", "skip_larger_after_oom", "estimate_memory",
-                        "backend", "backends")  # rows carry their backend; resume matches it too
+                        "backend", "backends",  # rows carry their backend; resume matches it too
+                        # validation only (MPT's ALiBi table size, model.max_seq_len, is hashed):
+                        "max_seq_len",
+                        # change what is derived from the samples, not the samples:
+                        "noise_cv_threshold", "measure_peaks", "peak_memory_bandwidth_gbs", "peak_tflops")
 # --- end of long sweeps ---
 
 
@@ -301,9 +305,12 @@ class BenchmarkConfig:
             _require(self.num_warmup_batches >= 2, "num_warmup_batches", self.num_warmup_batches,
                      f"must be >= 2 with {compiled[0]}: the first call of each shape compiles and the "
                      "second still settles, so neither may be timed")
-        if "static_loop" in self.backend_names:
-            _require(self.use_cache, "use_cache", self.use_cache, "must be true with static_loop (it decodes "
-                     "from a static KV cache)")
+        for name in ("hf_compiled", "static_loop"):
+            if name in self.backend_names:
+                # transformers compiles only with a static cache: without one hf_compiled would
+                # silently run eager generate under the hf_compiled label.
+                _require(self.use_cache, "use_cache", self.use_cache,
+                         f"must be true with {name} (it decodes from a static KV cache)")
         for key in ("peak_memory_bandwidth_gbs", "peak_tflops"):
             value = getattr(self, key)
             _require(value is None or value > 0, key, value, "must be null or a positive number")
@@ -392,10 +399,24 @@ def check_environment(cfg: BenchmarkConfig) -> None:
                           "use device: cpu or null (auto)")
     if cfg.model.name == "hf_causal_lm":
         _check_model_source(cfg.model)
+    from llmbench.models import build_hf_config, check_model_fits
+
+    check_model_fits(build_hf_config(cfg.model, cfg.max_seq_len), cfg)  # config_overrides too
+    _check_results_dir(cfg.results_dir)
     if cfg.use_deepspeed:  # world size, heads divisible by tp_size, kernels on CPU
         from llmbench.distributed import check_deepspeed
 
         check_deepspeed(cfg)
+
+
+def _check_results_dir(path: str) -> None:
+    """Results are written as they are measured: the folder must be writable before we start."""
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as err:
+        raise ConfigError(f"results_dir={path!r} is invalid: {err.strerror or err}") from None
+    if not os.access(path, os.W_OK):
+        raise ConfigError(f"results_dir={path!r} is invalid: not writable")
 
 
 def _check_model_source(model: ModelConfig) -> None:

@@ -27,6 +27,19 @@ def _try(fn, *args):
         return None
 
 
+def nvml_handle(nvml, torch_index: int):
+    """NVML's handle for torch's CUDA device ``torch_index``. NVML numbers all GPUs of the machine
+    and ignores CUDA_VISIBLE_DEVICES, so torch's index is matched by the GPU's UUID; the index
+    itself is the fallback (no torch CUDA, or an NVML without UUID lookup)."""
+    try:
+        import torch
+
+        uuid = str(torch.cuda.get_device_properties(torch_index).uuid)
+        return nvml.nvmlDeviceGetHandleByUUID(uuid if uuid.startswith("GPU-") else f"GPU-{uuid}")
+    except Exception:
+        return _try(nvml.nvmlDeviceGetHandleByIndex, torch_index)
+
+
 def gpu_facts(index: int = 0) -> Dict[str, Any]:
     """Name, memory, clocks, power limit, driver of GPU ``index``; all null without NVML."""
     facts: Dict[str, Any] = {key: None for key in (
@@ -35,7 +48,7 @@ def gpu_facts(index: int = 0) -> Dict[str, Any]:
     nvml = _nvml()
     if nvml is None:
         return facts
-    handle = _try(nvml.nvmlDeviceGetHandleByIndex, index)
+    handle = nvml_handle(nvml, index) if index >= 0 else None
     if handle is None:
         return facts
     memory = _try(nvml.nvmlDeviceGetMemoryInfo, handle)
@@ -70,7 +83,7 @@ class EnergyMeter:
         if nvml is None:
             return
         for index in device_indices:
-            handle = _try(nvml.nvmlDeviceGetHandleByIndex, index)
+            handle = nvml_handle(nvml, index)
             if handle is None or _try(nvml.nvmlDeviceGetTotalEnergyConsumption, handle) is None:
                 self.handles = []
                 return

@@ -82,11 +82,12 @@ def free_memory_bytes(device: torch.device) -> Optional[int]:
 def kv_cache_bytes(hf_config, batch_size: int, sequence_length: int, dtype_bytes: int) -> int:
     """Bytes of the KV cache after ``sequence_length`` positions: 2 (K and V) x layers x batch x
     positions x kv_heads x head_dim x bytes. Every decoder with a cache must hold at least this."""
-    layers = getattr(hf_config, "num_hidden_layers", None) or getattr(hf_config, "n_layers")
-    heads = getattr(hf_config, "num_attention_heads", None) or getattr(hf_config, "n_heads")
-    hidden = getattr(hf_config, "hidden_size", None) or getattr(hf_config, "d_model")
-    kv_heads = getattr(hf_config, "num_key_value_heads", None) or heads
-    head_dim = getattr(hf_config, "head_dim", None) or hidden // heads
+    from llmbench.models import kv_heads as count_kv_heads
+
+    # transformers' attribute_map gives every config these generic names (MPT: n_layers, ...).
+    layers, heads = hf_config.num_hidden_layers, hf_config.num_attention_heads
+    kv_heads = count_kv_heads(hf_config)  # multi-query Falcon: 1
+    head_dim = getattr(hf_config, "head_dim", None) or hf_config.hidden_size // heads
     return 2 * layers * batch_size * sequence_length * kv_heads * head_dim * dtype_bytes
 
 

@@ -62,7 +62,11 @@ def build_hf_config(model_cfg: ModelConfig, max_seq_len: int):
         if not hasattr(hf_config, key):
             raise ConfigError(f"model.config_overrides.{key}={value!r} is invalid: "
                               f"{type(hf_config).__name__} has no attribute {key!r}")
-        setattr(hf_config, key, value)
+        try:
+            setattr(hf_config, key, value)
+        except Exception as err:  # transformers' strict config fields validate types
+            raise ConfigError(f"model.config_overrides.{key}={value!r} is invalid: "
+                              f"{str(err).splitlines()[0][:160]}") from None
     return hf_config
 
 
@@ -145,6 +149,8 @@ def describe_model(model: torch.nn.Module, cfg: BenchmarkConfig) -> ModelInfo:
         name = f"mpt-{format_count(num_params)}"
     else:
         name = os.path.basename(os.path.normpath(cfg.model.pretrained_model_name_or_path))
+        if cfg.model.config_overrides:  # another shape than the folder's name says
+            name = f"{name}-{format_count(num_params)}"
     return ModelInfo(model_name=name, num_params=num_params, param_bytes=param_bytes,
                      vocab_size=model.config.vocab_size, shape=model_shape(model))
 

@@ -28,12 +28,17 @@ def results_path(cfg: BenchmarkConfig, suffix: str = "jsonl") -> str:
     return os.path.join(cfg.results_dir, f"{cfg.benchmark_name}.{suffix}")
 
 
+class ResultsFileError(ValueError):
+    """A results file that cannot be read as JSON rows (a user-visible, one-line problem)."""
+
+
 class ResultsWriter:
     """Appends rows to a JSONL file, one durable line per row."""
 
     def __init__(self, path: str):
         self.path = path
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        drop_torn_tail(path)
 
     def write(self, row: Dict[str, Any]) -> None:
         line = (json.dumps(row, allow_nan=False, default=str) + "\n").encode()
@@ -44,6 +49,22 @@ class ResultsWriter:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+def drop_torn_tail(path: str) -> None:
+    """Cut an incomplete last line (a crash mid-write on a filesystem without atomic appends),
+    so that the next row starts on a line of its own instead of gluing onto the fragment."""
+    if not os.path.exists(path) or os.path.getsize(path) == 0:
+        return
+    with open(path, "rb+") as f:
+        f.seek(-1, os.SEEK_END)
+        if f.read(1) == b"\n":
+            return
+        f.seek(0)
+        data = f.read()
+        f.truncate(data.rfind(b"\n") + 1)  # 0 when the only line is torn
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def load_rows(path: str) -> List[Dict[str, Any]]:
@@ -60,7 +81,7 @@ def load_rows(path: str) -> List[Dict[str, Any]]:
         except json.JSONDecodeError:
             if i == len(lines) - 1:
                 break
-            raise ValueError(f"{path}:{i + 1}: not a JSON row")
+            raise ResultsFileError(f"{path}:{i + 1}: not a JSON row")
     return rows
 
 

@@ -43,20 +43,29 @@ class SweepInterrupted(KeyboardInterrupt):
         self.rows = rows
 
 
-def load_prior_rows(path: str, cfg: BenchmarkConfig, backend: str) -> Dict[CellKey, Dict[str, Any]]:
-    """The rows of ``path`` measured with the same ``measurement_hash`` as ``cfg`` and by
-    ``backend``, by cell.
+# Besides the config, what a row must share with this run to stand for its cell: the same
+# backend, on the same hardware, split the same way.
+RESUME_IDENTITY = ("backend", "device_name", "device_count", "tp_size", "world_size")
+
+
+def load_prior_rows(path: str, cfg: BenchmarkConfig, identity: Any) -> Dict[CellKey, Dict[str, Any]]:
+    """The rows of ``path`` measured with the same ``measurement_hash`` as ``cfg`` and the same
+    ``RESUME_IDENTITY`` fields as ``identity`` (a dict: this run's metadata; a str: a backend name),
+    by cell.
 
     Rows of another configuration never count, so a changed model, dtype or timing setting
     measures everything again; a changed grid reuses the cells it shares with the old one.
+    Rows from other hardware, another backend or another tensor-parallel degree never count.
     """
+    if isinstance(identity, str):
+        identity = {"backend": identity}
     if not os.path.exists(path):
         return {}
     wanted = measurement_hash(cfg)
     prior: Dict[CellKey, Dict[str, Any]] = {}
     for row in load_rows(path):
-        if (row.get("measurement_hash") != wanted or row.get("backend") != backend
-                or row.get("status") not in _REUSE_RANK):
+        if (row.get("measurement_hash") != wanted or row.get("status") not in _REUSE_RANK
+                or any(row.get(k) != identity.get(k) for k in RESUME_IDENTITY if k in identity)):
             continue
         key = cell_key(row)
         old = prior.get(key)
@@ -207,7 +216,13 @@ def run_benchmark(cfg: BenchmarkConfig, console: Console | None = None,
         estimate = make_estimate(cfg, device, model.config)
         how = f"built in {startup['model_build_s']:.1f} s"
     facts = gpu_facts(device.index or 0) if device.type == "cuda" else gpu_facts(-1)
-    measured = measure_peaks(device, TORCH_DTYPES[cfg.model_dtype]) if cfg.measure_peaks else None
+    # Under autocast the matmuls (and the KV cache) run in autocast_dtype: that is the peak to use.
+    compute_dtype = cfg.autocast_dtype or cfg.model_dtype
+    measured = measure_peaks(device, TORCH_DTYPES[compute_dtype]) if cfg.measure_peaks else None
+    if ds_run is not None:
+        # Each rank would judge skips against its own free memory; ranks that disagree would
+        # stop meeting in the same collectives. A DeepSpeed run tries every cell.
+        estimate = None
     # Under tensor parallelism every rank's GPU works on each token: rank 0 reads them all (one node).
     gpus = list(range(ds_run.env.world_size)) if ds_run and device.type == "cuda" else [device.index or 0]
     energy_meter = EnergyMeter(gpus, enabled=device.type == "cuda")
@@ -242,10 +257,16 @@ class RunContext:
         from llmbench.roofline import resolve_peaks
 
         self.meta = run_metadata(cfg, device, info, backend_name)
+        self.shape = info.shape
+        if cfg.autocast_dtype is not None:  # the KV cache holds activations: autocast's dtype
+            from dataclasses import replace
+
+            self.shape = replace(info.shape, bytes_per_element=DTYPE_BYTES[cfg.autocast_dtype])
         self.meta["measurement_hash"] = measurement_hash(cfg)
         self.meta.update(facts)
         self.meta.update({f"startup_{k}": v for k, v in startup.items()})
-        self.peaks = resolve_peaks(self.meta["device_name"], cfg.model_dtype, cfg.peak_memory_bandwidth_gbs,
+        self.peaks = resolve_peaks(self.meta["device_name"], cfg.autocast_dtype or cfg.model_dtype,
+                                   cfg.peak_memory_bandwidth_gbs,
                                    cfg.peak_tflops, measured)
 
     def measure_function(self):
@@ -277,7 +298,7 @@ class RunContext:
         from llmbench.roofline import roofline_fields
 
         if row["status"] == "ok":
-            row.update(roofline_fields(self.info.shape, self.peaks, row["batch_size"], row["input_length"],
+            row.update(roofline_fields(self.shape, self.peaks, row["batch_size"], row["input_length"],
                                        row["output_length"], row["ttft_ms"], row["tpot_ms"],
                                        num_devices=self.meta.get("tp_size") or 1))
         if "outputs_match" in self.meta:  # the table flags a backend whose tokens differ
@@ -291,7 +312,7 @@ class RunContext:
 
         cfg, meta, info = self.cfg, self.meta, self.info
         measure, backend = self.measure_function()
-        prior = load_prior_rows(writer.path, cfg, meta["backend"]) if cfg.resume else {}
+        prior = load_prior_rows(writer.path, cfg, {k: meta.get(k) for k in RESUME_IDENTITY}) if cfg.resume else {}
         console.print(f"[bold]{cfg.benchmark_name}[/bold]: {info.model_name} ({info.num_params:,} params, "
                       f"{cfg.model_dtype}) on {meta['device_name']} via {meta['backend']}; {how}; "
                       f"peaks: {self.peaks.source}")
