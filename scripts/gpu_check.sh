@@ -4,12 +4,11 @@
 # 1. environment facts, 2. measured peaks, 3. MPT-7B and MPT-1B shapes (random bf16 weights) at
 # batch 1/8/32, input 512, output 64 under hf_generate and hf_compiled, 4. the GPU-only tests,
 # 5. (bounded, after the rest) MPT-7B at batch 1 under static_loop, the decode loop without generate.
-# Where the caller fetches only a few files (BUNDLE=1, the default when $OUT is set), everything
-# ends up in one archive, $OUT_DIR/gpu_check.tgz.
+# BUNDLE=1 packs everything into one archive, $OUT_DIR/gpu_check.tgz, for copying back as one file.
 # Packages missing on the machine can be carried as wheels in .whl/ (installed to /tmp/site).
 set -uo pipefail
 cd "$(dirname "$0")/.."
-OUT_DIR="${OUT_DIR:-${OUT:-out/gpu}}"
+OUT_DIR="${OUT_DIR:-out/gpu}"
 mkdir -p "$OUT_DIR/results"
 export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 if ls .whl/*.whl >/dev/null 2>&1; then
@@ -52,6 +51,6 @@ log "MPT-7b static_loop, batch 1"
 timeout 120 python3 benchmark.py yamls/7b.yaml "${SWEEP[@]}" batch_sizes=[1] "backends=[static_loop]" 2>&1 \
   | tee "$OUT_DIR/mpt-7b-static-loop.txt" | grep -v "^[WI][0-9]\{4\} " | tail -8
 log "done"
-if [ "${BUNDLE:-${OUT:+1}}" = "1" ]; then
+if [ "${BUNDLE:-0}" = "1" ]; then
   (cd "$OUT_DIR" && tar czf /tmp/gpu_check.tgz . && find . -mindepth 1 -delete && mv /tmp/gpu_check.tgz .)
 fi
