@@ -73,38 +73,46 @@ class HFGenerateBackend:
                                        **self.generation_kwargs(output_length))
 
 
-class HFCompiledBackend(HFGenerateBackend):
-    """Static KV cache + ``torch.compile`` of the decode step, through transformers' generate."""
-
-    name = "hf_compiled"
+class _CompiledBackend(HFGenerateBackend):
+    """What both compiled backends share: dynamo's recompile limits raised, MPT's attention
+    without the graph break while the backend is in use, and the compile mode."""
 
     def __init__(self, model: torch.nn.Module, cfg: BenchmarkConfig, device: torch.device):
         super().__init__(model, cfg, device)
         # Every (batch, cache length) is a new graph; the default limit of 8 would make later
-        # cells silently fall back to eager, which would then be reported as "compiled".
+        # cells silently fall back to eager, which would then be reported as compiled.
         import torch._dynamo
 
         torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 256)
         torch._dynamo.config.accumulated_cache_size_limit = max(
             torch._dynamo.config.accumulated_cache_size_limit, 2048)
 
+    @property
+    def compile_mode(self) -> str:
+        # CUDA graphs ("reduce-overhead") remove the per-kernel launch cost that dominates
+        # small-batch decode; on CPU they do not exist, so use inductor's default mode.
+        return "reduce-overhead" if self.device.type == "cuda" else "default"
+
     def prepare(self) -> None:
         from llmbench.patches import patch_mpt_attention
 
-        self.patched_layers = patch_mpt_attention(self.model)
+        patch_mpt_attention(self.model)
 
     def close(self) -> None:
         from llmbench.patches import unpatch_mpt_attention
 
         unpatch_mpt_attention(self.model)  # eager generate runs transformers' own code again
 
+
+class HFCompiledBackend(_CompiledBackend):
+    """Static KV cache + ``torch.compile`` of the decode step, through transformers' generate."""
+
+    name = "hf_compiled"
+
     def generation_kwargs(self, output_length: int) -> dict:
         from transformers import CompileConfig
 
-        # CUDA graphs ("reduce-overhead") remove the per-kernel launch cost that dominates
-        # small-batch decode; on CPU they do not exist, so use inductor's default mode.
-        compile_config = CompileConfig(fullgraph=False, dynamic=False,
-                                       mode="reduce-overhead" if self.device.type == "cuda" else "default")
+        compile_config = CompileConfig(fullgraph=False, dynamic=False, mode=self.compile_mode)
         if self.device.type != "cuda":
             # transformers only auto-compiles on accelerators unless told otherwise.
             compile_config._compile_all_devices = True
@@ -113,26 +121,18 @@ class HFCompiledBackend(HFGenerateBackend):
         return kwargs
 
 
-class StaticLoopBackend(HFGenerateBackend):
+class StaticLoopBackend(_CompiledBackend):
     """A minimal greedy decode loop over the model's forward: static cache, compiled step."""
 
     name = "static_loop"
 
     def prepare(self) -> None:
-        from llmbench.patches import patch_mpt_attention
-
-        patch_mpt_attention(self.model)
+        super().prepare()
         self.caches = {}  # (batch, length) -> StaticCache: the same tensors every call (CUDA graphs)
-        import torch._dynamo
-
-        torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 256)
-        mode = "reduce-overhead" if self.device.type == "cuda" else "default"
-        self.step = torch.compile(self._decode_step, mode=mode, fullgraph=False, dynamic=False)
+        self.step = torch.compile(self._decode_step, mode=self.compile_mode, fullgraph=False, dynamic=False)
 
     def close(self) -> None:
-        from llmbench.patches import unpatch_mpt_attention
-
-        unpatch_mpt_attention(self.model)
+        super().close()
         self.caches.clear()
 
     def _decode_step(self, tokens: torch.Tensor, cache) -> torch.Tensor:
@@ -154,8 +154,6 @@ class StaticLoopBackend(HFGenerateBackend):
                  streamer: Optional[object] = None) -> torch.Tensor:
         from llmbench.timing import TokenClock, sync
 
-        if not self.cfg.use_cache:
-            raise ValueError("static_loop decodes from its KV cache; use_cache must be true")
         clock = streamer if isinstance(streamer, TokenClock) else None
         if clock is not None:
             clock.start(self.device)

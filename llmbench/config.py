@@ -282,6 +282,11 @@ class BenchmarkConfig:
     # --- end of long sweeps ---
 
     @property
+    def compute_dtype(self) -> str:
+        """The dtype the matmuls and the KV cache run in: autocast's when set, else the weights'."""
+        return self.autocast_dtype or self.model_dtype
+
+    @property
     def backend_names(self) -> List[str]:
         """The backends this run sweeps, in order."""
         return list(self.backends) if self.backends else [self.backend]

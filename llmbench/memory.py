@@ -56,6 +56,18 @@ def release_memory(device: torch.device) -> None:
         torch.cuda.empty_cache()
 
 
+def proc_status_bytes(field: str) -> Optional[int]:
+    """A size field of /proc/self/status (``VmHWM``, ``VmSize``, ...) in bytes; None without /proc."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) * 1024  # the kernel reports kB
+    except OSError:
+        pass
+    return None
+
+
 def free_memory_bytes(device: torch.device) -> Optional[int]:
     """What a cell can still allocate: CUDA free memory, or on CPU the available RAM, bounded by
     the address-space limit (``ulimit -v``) where one is set. None if unknown."""
@@ -70,12 +82,9 @@ def free_memory_bytes(device: torch.device) -> Optional[int]:
         return None
     soft, _hard = resource.getrlimit(resource.RLIMIT_AS)
     if soft != resource.RLIM_INFINITY:
-        try:
-            with open("/proc/self/status") as f:
-                used = next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmSize:"))
+        used = proc_status_bytes("VmSize")
+        if used is not None:
             free = min(free, soft - used)
-        except (OSError, StopIteration):
-            pass
     return free
 
 

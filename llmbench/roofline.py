@@ -144,7 +144,7 @@ def measure_peaks(device, dtype) -> Peaks:
     a = torch.randn(n, n, device=device).to(dtype)  # random data: zeros run faster than real inputs
     b = torch.randn(n, n, device=device).to(dtype)
 
-    def best_seconds(fn, repeats):
+    def median_seconds(fn, repeats):
         fn()
         sync(device)  # warm-up: allocation, kernel selection
         times = []
@@ -156,8 +156,8 @@ def measure_peaks(device, dtype) -> Peaks:
             times.append(time.perf_counter() - start)
         return sorted(times)[len(times) // 2]  # median
 
-    copy_s = best_seconds(lambda: dst.copy_(src), 10)
-    matmul_s = best_seconds(lambda: torch.mm(a, b), 10 if on_gpu else 3)
+    copy_s = median_seconds(lambda: dst.copy_(src), 10)
+    matmul_s = median_seconds(lambda: torch.mm(a, b), 10 if on_gpu else 3)
     del src, dst, a, b
     if on_gpu:
         torch.cuda.empty_cache()  # 4.5 GB of buffers: give them back before the model's cells

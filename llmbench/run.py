@@ -48,17 +48,14 @@ class SweepInterrupted(KeyboardInterrupt):
 RESUME_IDENTITY = ("backend", "device_name", "device_count", "tp_size", "world_size")
 
 
-def load_prior_rows(path: str, cfg: BenchmarkConfig, identity: Any) -> Dict[CellKey, Dict[str, Any]]:
+def load_prior_rows(path: str, cfg: BenchmarkConfig, identity: Dict[str, Any]) -> Dict[CellKey, Dict[str, Any]]:
     """The rows of ``path`` measured with the same ``measurement_hash`` as ``cfg`` and the same
-    ``RESUME_IDENTITY`` fields as ``identity`` (a dict: this run's metadata; a str: a backend name),
-    by cell.
+    values as ``identity`` (this run's metadata) for the ``RESUME_IDENTITY`` fields it holds, by cell.
 
     Rows of another configuration never count, so a changed model, dtype or timing setting
     measures everything again; a changed grid reuses the cells it shares with the old one.
     Rows from other hardware, another backend or another tensor-parallel degree never count.
     """
-    if isinstance(identity, str):
-        identity = {"backend": identity}
     if not os.path.exists(path):
         return {}
     wanted = measurement_hash(cfg)
@@ -216,9 +213,7 @@ def run_benchmark(cfg: BenchmarkConfig, console: Console | None = None,
         estimate = make_estimate(cfg, device, model.config)
         how = f"built in {startup['model_build_s']:.1f} s"
     facts = gpu_facts(device.index or 0) if device.type == "cuda" else gpu_facts(-1)
-    # Under autocast the matmuls (and the KV cache) run in autocast_dtype: that is the peak to use.
-    compute_dtype = cfg.autocast_dtype or cfg.model_dtype
-    measured = measure_peaks(device, TORCH_DTYPES[compute_dtype]) if cfg.measure_peaks else None
+    measured = measure_peaks(device, TORCH_DTYPES[cfg.compute_dtype]) if cfg.measure_peaks else None
     if ds_run is not None:
         # Each rank would judge skips against its own free memory; ranks that disagree would
         # stop meeting in the same collectives. A DeepSpeed run tries every cell.
@@ -226,9 +221,15 @@ def run_benchmark(cfg: BenchmarkConfig, console: Console | None = None,
     # Under tensor parallelism every rank's GPU works on each token: rank 0 reads them all (one node).
     gpus = list(range(ds_run.env.world_size)) if ds_run and device.type == "cuda" else [device.index or 0]
     energy_meter = EnergyMeter(gpus, enabled=device.type == "cuda")
+    # One run, one run_id: the backends of a run share everything but the backend's own fields.
+    meta = run_metadata(cfg, device, info, cfg.backend_names[0])
+    meta["measurement_hash"] = measurement_hash(cfg)
+    meta.update(facts)
+    meta.update({f"startup_{k}": v for k, v in startup.items()})
     rows: List[Dict[str, Any]] = []
     for backend_name in cfg.backend_names:
-        context = RunContext(cfg, device, model, info, backend_name, startup, facts, measured, energy_meter)
+        context = RunContext(cfg, device, model, info, backend_name, dict(meta, backend=backend_name), measured,
+                             energy_meter)
         if ds_run:
             context.meta.update(ds_run.row_fields())
             if ds_run.outputs_match is False:
@@ -251,22 +252,17 @@ class ReadOnlyResults:
 class RunContext:
     """One backend's sweep over the grid: its metadata, correctness gate, rows and table."""
 
-    def __init__(self, cfg, device, model, info, backend_name, startup, facts, measured, energy_meter):
+    def __init__(self, cfg, device, model, info, backend_name, meta, measured, energy_meter):
         self.cfg, self.device, self.model, self.info = cfg, device, model, info
         self.backend_name, self.energy_meter = backend_name, energy_meter
         from llmbench.roofline import resolve_peaks
 
-        self.meta = run_metadata(cfg, device, info, backend_name)
-        self.shape = info.shape
-        if cfg.autocast_dtype is not None:  # the KV cache holds activations: autocast's dtype
-            from dataclasses import replace
+        self.meta = meta  # this backend's copy of the run's metadata; the gate adds to it
+        from dataclasses import replace
 
-            self.shape = replace(info.shape, bytes_per_element=DTYPE_BYTES[cfg.autocast_dtype])
-        self.meta["measurement_hash"] = measurement_hash(cfg)
-        self.meta.update(facts)
-        self.meta.update({f"startup_{k}": v for k, v in startup.items()})
-        self.peaks = resolve_peaks(self.meta["device_name"], cfg.autocast_dtype or cfg.model_dtype,
-                                   cfg.peak_memory_bandwidth_gbs,
+        # The KV cache holds activations: under autocast, in autocast's dtype.
+        self.shape = replace(info.shape, bytes_per_element=DTYPE_BYTES[cfg.compute_dtype])
+        self.peaks = resolve_peaks(self.meta["device_name"], cfg.compute_dtype, cfg.peak_memory_bandwidth_gbs,
                                    cfg.peak_tflops, measured)
 
     def measure_function(self):

@@ -19,10 +19,8 @@ from typing import Callable, Dict, Iterator, List, Optional, Tuple
 import torch
 
 from llmbench.config import BenchmarkConfig
-from llmbench.memory import is_out_of_memory, release_memory, short_message
+from llmbench.memory import GIB, is_out_of_memory, proc_status_bytes, release_memory, short_message
 from llmbench.timing import TokenClock, summarize, sync
-
-GIB = 1024 ** 3
 
 
 class TokenCountError(RuntimeError):
@@ -97,14 +95,8 @@ class PeakMemory:
     def read_gib(self) -> Optional[float]:
         if self.device.type == "cuda":
             return torch.cuda.max_memory_allocated(self.device) / GIB
-        try:
-            with open("/proc/self/status") as f:
-                for line in f:
-                    if line.startswith("VmHWM:"):
-                        return int(line.split()[1]) * 1024 / GIB
-        except OSError:
-            pass
-        return None
+        peak = proc_status_bytes("VmHWM")
+        return peak / GIB if peak is not None else None
 
 
 def timed_generate(backend, input_ids: torch.Tensor, attention_mask: torch.Tensor, output_length: int,

@@ -224,7 +224,7 @@ def test_resume_reuses_only_rows_of_the_same_measurement(tiny_cfg, tmp_path):
                       "output_length": 8, "status": status})
     writer.write({"measurement_hash": same, "backend": "hf_compiled", "batch_size": 2, "input_length": 32,
                   "output_length": 8, "status": "ok"})  # another backend's row never stands in
-    prior = load_prior_rows(path, cfg, "hf_generate")
+    prior = load_prior_rows(path, cfg, {"backend": "hf_generate"})
     assert {k: r["status"] for k, r in prior.items()} == {(1, 32, 8): "ok", (4, 32, 8): "oom",
                                                           (8, 32, 8): "skipped"}
 

@@ -1,5 +1,4 @@
 """Resume identity, torn lines, and mistakes that must stop a run before it starts."""
-import json
 import os
 
 import pytest
