@@ -56,6 +56,10 @@ class HFGenerateBackend:
     def prepare(self) -> None:
         """Changes to the model this backend needs; undone by ``close``."""
 
+    def compile_stats(self) -> dict:
+        """Row fields on what torch.compile did; null for a backend that compiles nothing."""
+        return {"graph_breaks": None, "cudagraph_skips": None}
+
     def close(self) -> None:
         pass
 
@@ -86,6 +90,26 @@ class _CompiledBackend(HFGenerateBackend):
         torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 256)
         torch._dynamo.config.accumulated_cache_size_limit = max(
             torch._dynamo.config.accumulated_cache_size_limit, 2048)
+        if device.type == "cuda":
+            import torch._inductor.config
+
+            # gpt-fast's setting: tunes the block sizes of inductor's generated kernels (the
+            # fused norms, activations and reductions around the matmuls) for each shape.
+            torch._inductor.config.coordinate_descent_tuning = True
+        self._counters_at_start = self._compile_counters()
+
+    @staticmethod
+    def _compile_counters() -> tuple:
+        from torch._dynamo.utils import counters
+
+        return sum(counters["graph_break"].values()), counters["inductor"]["cudagraph_skips"]
+
+    def compile_stats(self) -> dict:
+        """Graph breaks and skipped CUDA graphs since this backend was built. Either one means the
+        compiled step is not one CUDA graph, which its speed should be read with (counted by
+        dynamo/inductor process-wide, so only this backend's own compiles fall in the window)."""
+        breaks, skips = (now - then for now, then in zip(self._compile_counters(), self._counters_at_start))
+        return {"graph_breaks": breaks, "cudagraph_skips": skips if self.device.type == "cuda" else None}
 
     @property
     def compile_mode(self) -> str:
@@ -170,7 +194,8 @@ class StaticLoopBackend(_CompiledBackend):
             for i in range(1, output_length):
                 if self.device.type == "cuda":
                     torch.compiler.cudagraph_mark_step_begin()  # the last step's output is consumed
-                token = self.step(token.clone(), cache)  # clone: the graph's output buffer is reused
+                # clone (gpt-fast's order): the CUDA graph reuses its output buffer on the next replay
+                token = self.step(token, cache).clone()
                 new_tokens[:, i:i + 1] = token
                 if clock is not None:
                     clock.mark()

@@ -285,7 +285,9 @@ class RunContext:
                 self.meta.update(compare_with_eager(backend, ids, mask, first.output_length))
 
         def measure(cell: Cell) -> Dict[str, Any]:
-            return measure_cell(backend, cell, self.cfg, self.info.vocab_size, self.device, self.energy_meter)
+            row = measure_cell(backend, cell, self.cfg, self.info.vocab_size, self.device, self.energy_meter)
+            row.update(backend.compile_stats())  # after the cell: its own compiles are counted
+            return row
 
         return measure, backend
 

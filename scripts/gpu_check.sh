@@ -1,14 +1,24 @@
 #!/usr/bin/env bash
-# The whole GPU check in one command, under 8 minutes on one H100; everything lands in $OUT_DIR.
+# The whole GPU check in one command; everything lands in $OUT_DIR.
 #   OUT_DIR=out/gpu bash scripts/gpu_check.sh
-# 1. environment facts, 2. measured peaks, 3. MPT-7B and MPT-1B shapes (random bf16 weights) at
-# batch 1/8/32, input 512, output 64 under hf_generate and hf_compiled, 4. the GPU-only tests,
-# 5. (bounded, after the rest) MPT-7B at batch 1 under static_loop, the decode loop without generate.
-# BUNDLE=1 packs everything into one archive, $OUT_DIR/gpu_check.tgz, for copying back as one file.
-# Packages missing on the machine can be carried as wheels in .whl/ (installed to /tmp/site).
+# 1. environment facts, 2. measured peaks, 3. MPT shapes with random bf16 weights at input 512,
+# output 64 under each backend, side by side in one run per model, 4. where MPT-7B's batch-1
+# decode step spends its time (benchmarks/decode_profile.py: kernels vs. host), 5. the GPU-only tests.
+# Knobs (environment), with the full check's defaults (about 9 minutes on one H100):
+#   MODELS="7b 1b"  BATCHES=1,8,32  BACKENDS=static_loop,hf_compiled,hf_generate
+#   PROFILE=1 (step 4)  GPU_TESTS="" (a pytest -k expression; "none" skips step 5)
+# Steps have their own time limits, so a slow one cannot take the later ones with it; rows are
+# written as they are measured. BUNDLE=1 packs everything into one archive,
+# $OUT_DIR/gpu_check.tgz. Packages missing on the machine can be carried as wheels in .whl/
+# (installed to /tmp/site).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT_DIR="${OUT_DIR:-out/gpu}"
+MODELS="${MODELS:-7b 1b}"
+BATCHES="${BATCHES:-1,8,32}"
+BACKENDS="${BACKENDS:-static_loop,hf_compiled,hf_generate}"
+PROFILE="${PROFILE:-1}"
+GPU_TESTS="${GPU_TESTS:-}"
 mkdir -p "$OUT_DIR/results"
 export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 if ls .whl/*.whl >/dev/null 2>&1; then
@@ -16,12 +26,13 @@ if ls .whl/*.whl >/dev/null 2>&1; then
     && export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
 fi
 log() { echo "== $(date -u +%H:%M:%S) $*" | tee -a "$OUT_DIR/log.txt"; }
+quiet() { grep -v "^[WI][0-9]\{4\} \|^USDT:"; }  # glog lines from the profiler and compiler
 
 log "environment"
 { nvidia-smi; python3 -c "import torch, transformers, sys; print('python', sys.version.split()[0]); \
 print('torch', torch.__version__, 'cuda', torch.version.cuda, 'device', torch.cuda.get_device_name(0)); \
 print('transformers', transformers.__version__)"; } > "$OUT_DIR/env.txt" 2>&1
-cat "$OUT_DIR/env.txt" | tail -4
+tail -4 "$OUT_DIR/env.txt"
 
 log "measured peaks"
 timeout 60 python3 - > "$OUT_DIR/peaks.json" <<'PY'
@@ -37,19 +48,24 @@ print(json.dumps(out, indent=1))
 PY
 cat "$OUT_DIR/peaks.json"
 
-SWEEP=(batch_sizes=[1,8,32] input_lengths=[512] output_lengths=[64] "backends=[hf_generate,hf_compiled]"
+SWEEP=("batch_sizes=[$BATCHES]" input_lengths=[512] output_lengths=[64] "backends=[$BACKENDS]"
        num_batches=5 num_warmup_batches=3 "results_dir=$OUT_DIR/results")
-for model in 7b 1b; do
-  log "MPT-$model"
-  timeout "$([ $model = 7b ] && echo 270 || echo 150)" python3 benchmark.py "yamls/$model.yaml" "${SWEEP[@]}" 2>&1 | tee "$OUT_DIR/mpt-$model.txt" | grep -v "^[WI][0-9]\{4\} "
+for model in $MODELS; do
+  log "MPT-$model: $BACKENDS at batch $BATCHES"
+  timeout "$([ "$model" = 7b ] && echo 300 || echo 200)" python3 benchmark.py "yamls/$model.yaml" "${SWEEP[@]}" 2>&1 \
+    | tee "$OUT_DIR/mpt-$model.txt" | quiet
 done
 
-log "GPU-only tests"
-timeout 100 python3 -m pytest -q -m gpu tests 2>&1 | tee "$OUT_DIR/gpu_tests.txt" | tail -15
+if [ "$PROFILE" = "1" ]; then
+  log "MPT-7b decode step: kernels vs. host, batch 1"
+  timeout 120 python3 benchmarks/decode_profile.py yamls/7b.yaml batch_sizes=[1] input_lengths=[512] \
+    output_lengths=[64] "backends=[$BACKENDS]" --out "$OUT_DIR" 2>&1 | tee "$OUT_DIR/decode_profile.txt" | quiet
+fi
 
-log "MPT-7b static_loop, batch 1"
-timeout 120 python3 benchmark.py yamls/7b.yaml "${SWEEP[@]}" batch_sizes=[1] "backends=[static_loop]" 2>&1 \
-  | tee "$OUT_DIR/mpt-7b-static-loop.txt" | grep -v "^[WI][0-9]\{4\} " | tail -8
+if [ "$GPU_TESTS" != "none" ]; then
+  log "GPU-only tests ${GPU_TESTS:+(-k $GPU_TESTS)}"
+  timeout 90 python3 -m pytest -q -m gpu ${GPU_TESTS:+-k "$GPU_TESTS"} tests 2>&1 | tee "$OUT_DIR/gpu_tests.txt" | tail -15
+fi
 log "done"
 if [ "${BUNDLE:-0}" = "1" ]; then
   (cd "$OUT_DIR" && tar czf /tmp/gpu_check.tgz . && find . -mindepth 1 -delete && mv /tmp/gpu_check.tgz .)

@@ -61,6 +61,10 @@ def test_compiled_backend_end_to_end(tmp_path):
     # Compilation happened in the gate call, reported apart, far slower than the kept samples.
     assert compiled["gate_first_call_s"] > 2 * compiled["latency_s_median"]
     assert len(compiled["warmup_s_samples"]) == 2 and len(compiled["latency_s_samples"]) == 2
+    # Each compiled decode step was one graph; CUDA graphs do not exist on a CPU (null, not 0).
+    assert compiled["graph_breaks"] == 0 and loop["graph_breaks"] == 0
+    assert compiled["cudagraph_skips"] is None and loop["cudagraph_skips"] is None
+    assert eager["graph_breaks"] is None  # eager compiles nothing
 
 
 def test_token_clock_marks_without_the_host_seeing_tokens():
@@ -98,3 +102,24 @@ def test_compiled_needs_two_warmups():
 
     with pytest.raises(ConfigError, match="num_warmup_batches=1.*hf_compiled"):
         load_config(os.path.join(ROOT, "yamls", "tiny.yaml"), ["backend=hf_compiled", "num_warmup_batches=1"])
+
+
+def test_compile_stats_count_this_backends_graph_breaks(tiny_cfg):
+    """A graph break after the backend was built shows in its rows; earlier ones do not."""
+    from llmbench.backends import build_backend
+    from llmbench.models import build_model
+
+    def breaks_once(x):
+        x = x + 1
+        torch._dynamo.graph_break()
+        return x * 2
+
+    torch.compile(breaks_once, backend="eager")(torch.ones(2))  # before: not this backend's
+    cfg = tiny_cfg("backend=static_loop", "num_warmup_batches=2")
+    model, _ = build_model(cfg, torch.device("cpu"))
+    backend = build_backend("static_loop", model, cfg, torch.device("cpu"))
+    assert backend.compile_stats() == {"graph_breaks": 0, "cudagraph_skips": None}
+    torch._dynamo.reset()
+    torch.compile(breaks_once, backend="eager")(torch.ones(3))
+    assert backend.compile_stats()["graph_breaks"] >= 1
+    backend.close()
