@@ -256,6 +256,7 @@ class BenchmarkConfig:
     deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)  # init_inference options
     backend: str = "hf_generate"  # hf_generate (eager HF generate) | hf_compiled (static cache + torch.compile)
     backends: Optional[List[str]] = None  # several backends, same model, same sweep, side by side (overrides backend)
+    compile_tuning: bool = False  # compiled backends on GPU: tune inductor's kernels per shape (slow compiles)
     batch_sizes: Any = field(default_factory=lambda: [1])  # a list of positive integers, or 'auto' (search)
     input_lengths: List[int] = field(default_factory=lambda: [128])
     output_lengths: List[int] = field(default_factory=lambda: [8])

@@ -57,6 +57,7 @@ def test_compiled_backend_end_to_end(tmp_path):
     assert len(loop["tpot_ms_samples"]) == 2 and loop["gate_first_call_s"] > 2 * loop["latency_s_median"]
     assert "outputs_match" not in eager  # eager is the reference
     assert compiled["outputs_match"] is True and "greedy tokens" in compiled["outputs_compared"]
+    assert compiled["first_mismatch_token"] is None and loop["first_mismatch_token"] is None
     assert compiled["status"] == "ok" and compiled["generated_tokens"] == 12
     # Compilation happened in the gate call, reported apart, far slower than the kept samples.
     assert compiled["gate_first_call_s"] > 2 * compiled["latency_s_median"]
@@ -118,8 +119,29 @@ def test_compile_stats_count_this_backends_graph_breaks(tiny_cfg):
     cfg = tiny_cfg("backend=static_loop", "num_warmup_batches=2")
     model, _ = build_model(cfg, torch.device("cpu"))
     backend = build_backend("static_loop", model, cfg, torch.device("cpu"))
-    assert backend.compile_stats() == {"graph_breaks": 0, "cudagraph_skips": None}
+    assert backend.compile_stats() == {"graph_breaks": 0, "cudagraph_skips": None, "compile_tuning": False}
     torch._dynamo.reset()
     torch.compile(breaks_once, backend="eager")(torch.ones(3))
     assert backend.compile_stats()["graph_breaks"] >= 1
     backend.close()
+
+
+def test_gate_reports_where_tokens_part(tiny_cfg):
+    """A backend whose 4th new token differs: outputs_match false, first_mismatch_token 3."""
+    from llmbench.backends import HFGenerateBackend, compare_with_eager
+    from llmbench.models import build_model
+
+    class OffByOneLater(HFGenerateBackend):
+        def generate(self, input_ids, attention_mask, output_length, streamer=None):
+            out = super().generate(input_ids, attention_mask, output_length, streamer).clone()
+            out[0, input_ids.shape[1] + 3] += 1
+            return out
+
+    cfg = tiny_cfg()
+    model, info = build_model(cfg, torch.device("cpu"))
+    ids, mask = make_inputs(1, 2, 10, info.vocab_size, torch.device("cpu"))
+    with torch.inference_mode():
+        fields = compare_with_eager(OffByOneLater(model, cfg, torch.device("cpu")), ids, mask, 6)
+        assert fields["outputs_match"] is False and fields["first_mismatch_token"] == 3
+        same = compare_with_eager(HFGenerateBackend(model, cfg, torch.device("cpu")), ids, mask, 6)
+        assert same["outputs_match"] is True and same["first_mismatch_token"] is None
