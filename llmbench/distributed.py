@@ -87,6 +87,30 @@ def attention_head_counts(cfg: BenchmarkConfig) -> Dict[str, int]:
     return counts
 
 
+# Kernel injection with DeepSpeed <= this version under transformers >= 5 fails in the first
+# forward: its injected layers take transformers 4's layer call (on an H100, Llama, DeepSpeed
+# 0.19.8, transformers 5.24.0: "AttributeError: 'tuple' object has no attribute 'size'" in
+# deepspeed/model_implementations/transformers/ds_transformer.py). Newer DeepSpeed is let through.
+KERNEL_INJECT_LAST_BROKEN_DEEPSPEED = "0.19.8"
+
+
+def kernel_injection_blocker() -> Optional[str]:
+    """Why DeepSpeed's kernel injection cannot run with the installed versions, or None."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from packaging.version import Version
+
+    try:
+        deepspeed_version, transformers_version = version("deepspeed"), version("transformers")
+    except PackageNotFoundError:
+        return None
+    if Version(transformers_version).major >= 5 and Version(deepspeed_version) <= Version(
+            KERNEL_INJECT_LAST_BROKEN_DEEPSPEED):
+        return (f"DeepSpeed {deepspeed_version}'s injected layers take transformers 4's layer calls and fail in "
+                f"the first forward under transformers {transformers_version}")
+    return None
+
+
 def check_deepspeed(cfg: BenchmarkConfig, env: Optional[LaunchEnv] = None) -> DeepSpeedPlan:
     """Resolve the defaults of ``deepspeed:`` and reject what cannot run here, before any model is built."""
     from llmbench.models import resolve_device
@@ -105,9 +129,10 @@ def check_deepspeed(cfg: BenchmarkConfig, env: Optional[LaunchEnv] = None) -> De
             raise ConfigError(f"deepspeed.tp_size={tp_size} is invalid: it must divide {key}={heads}; "
                               "pick a tp_size that divides the heads")
     kernel_inject = ds.replace_with_kernel_inject
+    blocker = kernel_injection_blocker()
     if kernel_inject is None:
         # The fused kernels exist only on CUDA, and DeepSpeed has no injection policy for MPT.
-        kernel_inject = device_type == "cuda" and cfg.model.name != "mpt_causal_lm"
+        kernel_inject = device_type == "cuda" and cfg.model.name != "mpt_causal_lm" and blocker is None
     if kernel_inject and cfg.model.name == "mpt_causal_lm":
         raise ConfigError("deepspeed.replace_with_kernel_inject=True is invalid: DeepSpeed has no kernel-injection "
                           "policy for MPT (nothing would be replaced, and with tp_size > 1 nothing sharded); "
@@ -115,6 +140,9 @@ def check_deepspeed(cfg: BenchmarkConfig, env: Optional[LaunchEnv] = None) -> De
     if device_type != "cuda" and kernel_inject:
         raise ConfigError("deepspeed.replace_with_kernel_inject=True is invalid: DeepSpeed's injected kernels are "
                           "CUDA-only and this run is on the CPU; set it to false (or null)")
+    if kernel_inject and blocker:
+        raise ConfigError(f"deepspeed.replace_with_kernel_inject=True is invalid: {blocker}; set it to false "
+                          "(or null): AutoTP still shards the model across the GPUs")
     if device_type != "cuda" and ds.enable_cuda_graph:
         raise ConfigError("deepspeed.enable_cuda_graph=True is invalid: this run is on the CPU; set it to false")
     return DeepSpeedPlan(tp_size=tp_size, kernel_inject=kernel_inject, enable_cuda_graph=ds.enable_cuda_graph,

@@ -168,11 +168,36 @@ def test_deepspeed_launcher_two_processes(tmp_path):
 
 # --- CUDA-only paths ---
 
+def test_kernel_injection_is_refused_where_it_cannot_run(monkeypatch):
+    """DeepSpeed 0.19.8 + transformers 5: an explicit true is a one-line error, null means false."""
+    from llmbench import distributed
+
+    cfg = load_config(TINY_TP, ["device=cuda", *LLAMA_TINY, "deepspeed.replace_with_kernel_inject=null"])
+    explicit = load_config(TINY_TP, ["device=cuda", *LLAMA_TINY, "deepspeed.replace_with_kernel_inject=true"])
+    versions = {"deepspeed": "0.19.8", "transformers": "5.24.0"}
+    import importlib.metadata
+
+    real_version = importlib.metadata.version
+    monkeypatch.setattr("importlib.metadata.version", lambda name: versions.get(name) or real_version(name))
+    assert "transformers 5.24.0" in distributed.kernel_injection_blocker()
+    assert check_deepspeed(cfg, LaunchEnv(0, 0, 1, 1)).kernel_inject is False
+    with pytest.raises(ConfigError, match=r"replace_with_kernel_inject=True is invalid: DeepSpeed 0.19.8.*false"):
+        check_deepspeed(explicit, LaunchEnv(0, 0, 1, 1))
+    for deepspeed, transformers in (("0.20.0", "5.24.0"), ("0.19.8", "4.57.1")):  # not known to be broken
+        versions.update(deepspeed=deepspeed, transformers=transformers)
+        assert distributed.kernel_injection_blocker() is None
+        assert check_deepspeed(cfg, LaunchEnv(0, 0, 1, 1)).kernel_inject is True
+
+
 @pytest.mark.gpu
 @needs_cuda
 @pytest.mark.parametrize("extra", [["deepspeed.replace_with_kernel_inject=true"], ["deepspeed.enable_cuda_graph=true"]],
                          ids=["kernel_inject", "cuda_graph"])
 def test_cuda_paths(extra, tmp_path, monkeypatch):
+    from llmbench.distributed import kernel_injection_blocker
+
+    if "deepspeed.replace_with_kernel_inject=true" in extra and kernel_injection_blocker():
+        pytest.skip(f"kernel injection refused on this stack: {kernel_injection_blocker()}")
     from llmbench.run import run_benchmark
 
     for key, value in {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "LOCAL_SIZE": "1",
