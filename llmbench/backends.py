@@ -234,13 +234,44 @@ def compare_with_eager(backend, input_ids: torch.Tensor, attention_mask: torch.T
     sync(backend.device)
     first_call_s = time.perf_counter() - start
     batch, length = input_ids.shape
-    # Where the tokens part: at a late token after many equal ones, a near-tie of the logits in
-    # reduced precision; at the first, a different computation.
-    differs = (expected[:, length:] != actual[:, length:]).any(dim=0).nonzero() if expected.shape == actual.shape else None
+    fields = {"outputs_match": bool(torch.equal(expected, actual)), "first_mismatch_token": None,
+              "mismatch_eager_rank": None, "mismatch_logit_gap": None}
+    if not fields["outputs_match"] and expected.shape == actual.shape:
+        fields.update(describe_mismatch(backend, expected, actual, attention_mask, length))
     return {
-        "outputs_match": bool(torch.equal(expected, actual)),
-        "first_mismatch_token": None if differs is None or len(differs) == 0 else int(differs[0]),
+        **fields,
         "outputs_compared": f"greedy tokens vs eager hf_generate, batch {batch}, input {length}, "
                             f"output {output_length}, {backend.cfg.model_dtype}",
         "gate_first_call_s": first_call_s,
+    }
+
+
+@torch.inference_mode()
+def describe_mismatch(backend, expected: torch.Tensor, actual: torch.Tensor, attention_mask: torch.Tensor,
+                      input_length: int) -> dict:
+    """Where and how greedy tokens part. A backend that computes the same function in another
+    rounding order parts at a near-tie: late, picking eager's second choice by a tiny logit gap.
+    A wrong computation parts early, picking a token eager ranks far down.
+
+    ``first_mismatch_token``: index of the first new token that differs in any row.
+    ``mismatch_eager_rank``: the backend's token's rank in eager's logits there (2 = eager's
+    runner-up). ``mismatch_logit_gap``: eager's top logit minus the backend token's logit.
+    The logits come from one eager forward over the shared prefix (MPT's patched attention is
+    output-identical to transformers' own, so the backend may stay prepared)."""
+    differs = expected[:, input_length:] != actual[:, input_length:]
+    step = int(differs.any(dim=0).nonzero()[0])
+    row = int(differs[:, step].nonzero()[0])
+    position = input_length + step
+    prefix = expected[row:row + 1, :position]
+    mask = torch.cat([attention_mask[row:row + 1],
+                      attention_mask.new_ones(1, position - input_length)], dim=1)
+    with backend.autocast():
+        logits = backend.model(input_ids=prefix, attention_mask=mask).logits[0, -1].float()
+    chosen = int(actual[row, position])
+    if not 0 <= chosen < logits.numel():  # not a token of this vocabulary at all
+        return {"first_mismatch_token": step, "mismatch_eager_rank": None, "mismatch_logit_gap": None}
+    return {
+        "first_mismatch_token": step,
+        "mismatch_eager_rank": int((logits > logits[chosen]).sum()) + 1,
+        "mismatch_logit_gap": float(logits.max() - logits[chosen]),
     }

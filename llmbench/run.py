@@ -315,8 +315,10 @@ class RunContext:
                       f"{cfg.model_dtype}) on {meta['device_name']} via {meta['backend']}; {how}; "
                       f"peaks: {self.peaks.source}")
         if meta.get("outputs_match") is False:
-            first = meta.get("first_mismatch_token")
-            where = f"; the first {first} new tokens are equal" if first is not None else ""
+            first, rank, gap = (meta.get(k) for k in ("first_mismatch_token", "mismatch_eager_rank",
+                                                       "mismatch_logit_gap"))
+            where = (f"; the first {first} new tokens are equal, then it picks eager's choice #{rank}, "
+                     f"{gap:.3g} below eager's top logit" if first is not None else "")
             console.print(f"[red]WARNING: {self.backend_name} tokens differ from eager generate "
                           f"({meta['outputs_compared']}{where})[/red]")
         console.print(f"rows -> {writer.path}   config -> {config_file}")

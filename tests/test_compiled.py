@@ -143,5 +143,14 @@ def test_gate_reports_where_tokens_part(tiny_cfg):
     with torch.inference_mode():
         fields = compare_with_eager(OffByOneLater(model, cfg, torch.device("cpu")), ids, mask, 6)
         assert fields["outputs_match"] is False and fields["first_mismatch_token"] == 3
+        # Eager's logits after the shared prefix rank the altered token somewhere below its top pick.
+        assert fields["mismatch_eager_rank"] > 1 and fields["mismatch_logit_gap"] > 0
+        reference = HFGenerateBackend(model, cfg, torch.device("cpu")).generate(ids, mask, 4)
+        logits = model(input_ids=reference[:1, :13], attention_mask=torch.ones(1, 13, dtype=mask.dtype)).logits[0, -1]
+        assert int(logits.argmax()) == int(reference[0, 13])  # eager's own pick after the shared prefix
+        altered = int(reference[0, 13]) + 1
+        assert fields["mismatch_logit_gap"] == pytest.approx(float(logits.max() - logits[altered]), abs=1e-5)
+        assert fields["mismatch_eager_rank"] == int((logits > logits[altered]).sum()) + 1
         same = compare_with_eager(HFGenerateBackend(model, cfg, torch.device("cpu")), ids, mask, 6)
         assert same["outputs_match"] is True and same["first_mismatch_token"] is None
+        assert same["mismatch_eager_rank"] is None and same["mismatch_logit_gap"] is None
