@@ -143,8 +143,6 @@ def check_deepspeed(cfg: BenchmarkConfig, env: Optional[LaunchEnv] = None) -> De
     if kernel_inject and blocker:
         raise ConfigError(f"deepspeed.replace_with_kernel_inject=True is invalid: {blocker}; set it to false "
                           "(or null): AutoTP still shards the model across the GPUs")
-    if device_type != "cuda" and ds.enable_cuda_graph:
-        raise ConfigError("deepspeed.enable_cuda_graph=True is invalid: this run is on the CPU; set it to false")
     return DeepSpeedPlan(tp_size=tp_size, kernel_inject=kernel_inject, enable_cuda_graph=ds.enable_cuda_graph,
                          device_type=device_type)
 
