@@ -82,6 +82,26 @@ def profile_call(backend, ids, mask, output_length: int, device) -> Dict[str, Di
     return kernel_times_us(prof, device.type)
 
 
+def first_cell(cfg):
+    """(batch, input, output) profiled: the first batch size and input length, the first output
+    length with a decode step."""
+    return cfg.batch_sizes[0], cfg.input_lengths[0], next(n for n in cfg.output_lengths if n >= 2)
+
+
+def check_profilable(cfg) -> None:
+    """What this script cannot profile, as one-line errors before any model is built."""
+    from llmbench.config import ConfigError
+
+    if cfg.use_deepspeed:
+        raise ConfigError("use_deepspeed=True is invalid here: decode_profile.py profiles the plain model's "
+                          "backends; set use_deepspeed=false")
+    if isinstance(cfg.batch_sizes, str):  # 'auto': a search, not a batch size
+        raise ConfigError(f"batch_sizes={cfg.batch_sizes!r} is invalid here: give a list; the first entry is profiled")
+    if not any(n >= 2 for n in cfg.output_lengths):
+        raise ConfigError(f"output_lengths={list(cfg.output_lengths)} is invalid here: needs a value of at least 2 "
+                          "(a decode step to profile)")
+
+
 def profile_backend(name: str, model, cfg, device, info, peaks, top: int) -> Dict[str, object]:
     import torch
 
@@ -89,10 +109,7 @@ def profile_backend(name: str, model, cfg, device, info, peaks, top: int) -> Dic
     from llmbench.roofline import decode_bytes_per_step
     from llmbench.sweep import make_inputs, timed_generate
 
-    batch, input_length = cfg.batch_sizes[0], cfg.input_lengths[0]
-    output_length = next((n for n in cfg.output_lengths if n >= 2), None)
-    if output_length is None:
-        raise SystemExit("error: output_lengths needs a value of at least 2 (a decode step to profile)")
+    batch, input_length, output_length = first_cell(cfg)
     ids, mask = make_inputs(cfg.seed, batch, input_length, info.vocab_size, device)
     backend = build_backend(name, model, cfg, device)
     try:
@@ -111,11 +128,13 @@ def profile_backend(name: str, model, cfg, device, info, peaks, top: int) -> Dic
     step_bytes = decode_bytes_per_step(info.shape, batch, input_length, output_length)
     limit_ms = step_bytes / (peaks.memory_bandwidth_gbs * 1e9) * 1e3 if peaks.memory_bandwidth_gbs else None
     device_ms = sum(k["ms_per_step"] for k in kernels.values()) if device.type == "cuda" else None
-    ranked = sorted(kernels.items(), key=lambda kv: -kv[1]["ms_per_step"])[:top]
+    ranked = sorted(kernels.items(), key=lambda kv: -kv[1]["ms_per_step"])
+    listed_ms = sum(v["ms_per_step"] for _, v in ranked[:top])
     return {
         "backend": name, "batch_size": batch, "input_length": input_length, "output_length": output_length,
         "tpot_ms": tpot_ms,
         "device_ms_per_step": device_ms,
+        # TPOT and kernel time come from different calls: a device-bound step can show a few µs below 0.
         "host_ms_per_step": tpot_ms - device_ms if device_ms is not None else None,
         "device_fraction": device_ms / tpot_ms if device_ms is not None else None,
         "decode_bytes_per_step": step_bytes, "tpot_limit_ms": limit_ms,
@@ -123,9 +142,12 @@ def profile_backend(name: str, model, cfg, device, info, peaks, top: int) -> Dic
         "mbu": limit_ms / tpot_ms if limit_ms else None,
         "device_mbu": limit_ms / device_ms if limit_ms and device_ms else None,
         **stats,
+        "distinct_kernels" if device.type == "cuda" else "distinct_ops": len(ranked),
+        "calls_per_step": sum(v["calls_per_step"] for _, v in ranked),
+        "ms_per_step_outside_top": sum(v["ms_per_step"] for _, v in ranked) - listed_ms,
         "top_kernels" if device.type == "cuda" else "top_ops": [
             {"name": k, "ms_per_step": round(v["ms_per_step"], 4), "calls_per_step": round(v["calls_per_step"], 2),
-             "share_of_tpot": round(v["ms_per_step"] / tpot_ms, 4)} for k, v in ranked],
+             "share_of_tpot": round(v["ms_per_step"] / tpot_ms, 4)} for k, v in ranked[:top]],
     }
 
 
@@ -141,6 +163,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     try:
         cfg = load_config(args.yaml, args.overrides)
+        check_profilable(cfg)
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -148,7 +171,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     from rich.table import Table
 
     from llmbench.models import TORCH_DTYPES, build_model, resolve_device
-    from llmbench.results import device_name
+    from llmbench.results import device_name, run_metadata, timestamp
     from llmbench.roofline import measure_peaks, resolve_peaks
 
     device = resolve_device(cfg)
@@ -156,7 +179,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     measured = measure_peaks(device, TORCH_DTYPES[cfg.compute_dtype]) if cfg.measure_peaks else None
     peaks = resolve_peaks(device_name(device), cfg.compute_dtype, cfg.peak_memory_bandwidth_gbs, cfg.peak_tflops,
                           measured)
+    meta = run_metadata(cfg, device, info, cfg.backend_names[0])
     report = {"model_name": info.model_name, "model_dtype": cfg.model_dtype, "device_name": device_name(device),
+              "timestamp": timestamp(),
+              **{k: meta[k] for k in ("run_id", "config_hash", "git_commit", "hostname", "torch_version",
+                                      "cuda_version", "transformers_version")},
               "backends": [profile_backend(name, model, cfg, device, info, peaks, args.top)
                            for name in cfg.backend_names]}
     os.makedirs(args.out, exist_ok=True)

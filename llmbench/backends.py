@@ -53,12 +53,21 @@ class HFGenerateBackend:
             use_cache=self.cfg.use_cache,  # explicit: MPT's config defaults it to False
         )
 
+    @torch.inference_mode()
+    def generate_with_logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, output_length: int):
+        """The correctness gate's reference: the same greedy call, also returning the logits each
+        step chose from (a tuple of ``output_length`` tensors of shape (batch, vocab))."""
+        with self.autocast():
+            out = self.model.generate(input_ids=input_ids, attention_mask=attention_mask, output_logits=True,
+                                      return_dict_in_generate=True, **self.generation_kwargs(output_length))
+        return out.sequences, out.logits
+
     def prepare(self) -> None:
         """Changes to the model this backend needs; undone by ``close``."""
 
     def compile_stats(self) -> dict:
         """Row fields on what torch.compile did; null for a backend that compiles nothing."""
-        return {"graph_breaks": None, "cudagraph_skips": None, "compile_tuning": None}
+        return {"compiled_graphs": None, "graph_breaks": None, "cudagraph_skips": None, "compile_tuning": None}
 
     def close(self) -> None:
         pass
@@ -90,28 +99,27 @@ class _CompiledBackend(HFGenerateBackend):
         torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 256)
         torch._dynamo.config.accumulated_cache_size_limit = max(
             torch._dynamo.config.accumulated_cache_size_limit, 2048)
-        if device.type == "cuda" and cfg.compile_tuning:
-            import torch._inductor.config
-
-            # gpt-fast's setting: tunes the block sizes of inductor's generated kernels (the
-            # fused norms, activations and reductions around the matmuls) for each new shape.
-            # It pays in compile time: about 70 s more per shape for MPT-7B on an H100.
-            torch._inductor.config.coordinate_descent_tuning = True
+        self.tuning = device.type == "cuda" and cfg.compile_tuning
+        self._tuning_before = None
         self._counters_at_start = self._compile_counters()
 
     @staticmethod
     def _compile_counters() -> tuple:
         from torch._dynamo.utils import counters
 
-        return sum(counters["graph_break"].values()), counters["inductor"]["cudagraph_skips"]
+        return (counters["stats"]["unique_graphs"], sum(counters["graph_break"].values()),
+                counters["inductor"]["cudagraph_skips"])
 
     def compile_stats(self) -> dict:
-        """Graph breaks and skipped CUDA graphs since this backend was built. Either one means the
-        compiled step is not one CUDA graph, which its speed should be read with (counted by
-        dynamo/inductor process-wide, so only this backend's own compiles fall in the window)."""
-        breaks, skips = (now - then for now, then in zip(self._compile_counters(), self._counters_at_start))
-        return {"graph_breaks": breaks, "cudagraph_skips": skips if self.device.type == "cuda" else None,
-                "compile_tuning": self.cfg.compile_tuning and self.device.type == "cuda"}
+        """What compiling did since this backend was built, over its whole sweep so far: graphs
+        compiled (one per new shape is the clean case), graph breaks, and calls that ran without
+        their CUDA graph. Breaks or skips mean a decode step is not one CUDA graph, which its
+        speed should be read with. Counted by dynamo/inductor process-wide: backends run one
+        after another, so only this backend's own compiles fall in the window."""
+        graphs, breaks, skips = (now - then for now, then in zip(self._compile_counters(),
+                                                                   self._counters_at_start))
+        return {"compiled_graphs": graphs, "graph_breaks": breaks,
+                "cudagraph_skips": skips if self.device.type == "cuda" else None, "compile_tuning": self.tuning}
 
     @property
     def compile_mode(self) -> str:
@@ -123,11 +131,24 @@ class _CompiledBackend(HFGenerateBackend):
         from llmbench.patches import patch_mpt_attention
 
         patch_mpt_attention(self.model)
+        if self.tuning:
+            import torch._inductor.config as inductor_config
+
+            # gpt-fast's setting: tunes the block sizes of inductor's generated kernels (the
+            # fused norms, activations and reductions around the matmuls) for each new shape.
+            # Compiles happen while the backend is prepared; close() puts the setting back.
+            self._tuning_before = inductor_config.coordinate_descent_tuning
+            inductor_config.coordinate_descent_tuning = True
 
     def close(self) -> None:
         from llmbench.patches import unpatch_mpt_attention
 
         unpatch_mpt_attention(self.model)  # eager generate runs transformers' own code again
+        if self._tuning_before is not None:
+            import torch._inductor.config as inductor_config
+
+            inductor_config.coordinate_descent_tuning = self._tuning_before
+            self._tuning_before = None
 
 
 class HFCompiledBackend(_CompiledBackend):
@@ -216,6 +237,9 @@ def build_backend(name: str, model: torch.nn.Module, cfg: BenchmarkConfig, devic
     return backend
 
 
+MAX_GATE_LOGITS_BYTES = 1 << 30  # the gate keeps eager's fp32 logits of every step up to this size
+
+
 def compare_with_eager(backend, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                        output_length: int) -> dict:
     """Greedy tokens of ``backend`` vs eager ``hf_generate`` on the same inputs (the correctness
@@ -226,18 +250,21 @@ def compare_with_eager(backend, input_ids: torch.Tensor, attention_mask: torch.T
 
     backend.close()
     reference = HFGenerateBackend(backend.model, backend.cfg, backend.device)
-    expected = reference.generate(input_ids, attention_mask, output_length)
+    batch, length = input_ids.shape
+    if batch * output_length * backend.model.config.vocab_size * 4 <= MAX_GATE_LOGITS_BYTES:
+        expected, eager_logits = reference.generate_with_logits(input_ids, attention_mask, output_length)
+    else:  # too large a first cell to keep every step's fp32 logits: tokens only, no rank/gap
+        expected, eager_logits = reference.generate(input_ids, attention_mask, output_length), None
     backend.prepare()
     sync(backend.device)
     start = time.perf_counter()
     actual = backend.generate(input_ids, attention_mask, output_length)  # also compiles this shape
     sync(backend.device)
     first_call_s = time.perf_counter() - start
-    batch, length = input_ids.shape
     fields = {"outputs_match": bool(torch.equal(expected, actual)), "first_mismatch_token": None,
               "mismatch_eager_rank": None, "mismatch_logit_gap": None}
     if not fields["outputs_match"] and expected.shape == actual.shape:
-        fields.update(describe_mismatch(backend, expected, actual, attention_mask, length))
+        fields.update(describe_mismatch(expected, actual, eager_logits, length))
     return {
         **fields,
         "outputs_compared": f"greedy tokens vs eager hf_generate, batch {batch}, input {length}, "
@@ -246,30 +273,26 @@ def compare_with_eager(backend, input_ids: torch.Tensor, attention_mask: torch.T
     }
 
 
-@torch.inference_mode()
-def describe_mismatch(backend, expected: torch.Tensor, actual: torch.Tensor, attention_mask: torch.Tensor,
-                      input_length: int) -> dict:
+def describe_mismatch(expected: torch.Tensor, actual: torch.Tensor, eager_logits, input_length: int) -> dict:
     """Where and how greedy tokens part. A backend that computes the same function in another
     rounding order parts at a near-tie: late, picking eager's second choice by a tiny logit gap.
     A wrong computation parts early, picking a token eager ranks far down.
 
     ``first_mismatch_token``: index of the first new token that differs in any row.
-    ``mismatch_eager_rank``: the backend's token's rank in eager's logits there (2 = eager's
-    runner-up). ``mismatch_logit_gap``: eager's top logit minus the backend token's logit.
-    The logits come from one eager forward over the shared prefix (MPT's patched attention is
-    output-identical to transformers' own, so the backend may stay prepared)."""
+    ``mismatch_eager_rank``: the backend's token's rank in the logits eager chose from at that
+    step (2 = eager's runner-up). ``mismatch_logit_gap``: eager's top logit minus the backend
+    token's logit. Both read eager generate's own logits (``eager_logits``: one (batch, vocab)
+    tensor per new token), not a recomputation that could round differently."""
+    none = {"first_mismatch_token": None, "mismatch_eager_rank": None, "mismatch_logit_gap": None}
     differs = expected[:, input_length:] != actual[:, input_length:]
+    if not differs.any():  # only the prompt part differs: no new token to describe
+        return none
     step = int(differs.any(dim=0).nonzero()[0])
     row = int(differs[:, step].nonzero()[0])
-    position = input_length + step
-    prefix = expected[row:row + 1, :position]
-    mask = torch.cat([attention_mask[row:row + 1],
-                      attention_mask.new_ones(1, position - input_length)], dim=1)
-    with backend.autocast():
-        logits = backend.model(input_ids=prefix, attention_mask=mask).logits[0, -1].float()
-    chosen = int(actual[row, position])
-    if not 0 <= chosen < logits.numel():  # not a token of this vocabulary at all
-        return {"first_mismatch_token": step, "mismatch_eager_rank": None, "mismatch_logit_gap": None}
+    chosen = int(actual[row, input_length + step])
+    if eager_logits is None or not 0 <= chosen < eager_logits[step].shape[-1]:  # no logits kept / not a token
+        return {**none, "first_mismatch_token": step}
+    logits = eager_logits[step][row].float()
     return {
         "first_mismatch_token": step,
         "mismatch_eager_rank": int((logits > logits[chosen]).sum()) + 1,

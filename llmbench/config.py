@@ -388,12 +388,20 @@ def config_hash(cfg: BenchmarkConfig) -> str:
     return _hash(data)
 
 
+# Keys added after result files existed, with their defaults: hashed only when set otherwise, so
+# results measured before a key existed (with its default behaviour) still resume.
+KEYS_HASHED_ONLY_WHEN_SET = {"compile_tuning": False}
+
+
 def measurement_hash(cfg: BenchmarkConfig) -> str:
     """The hash of everything that can change one cell's numbers: the resolved config without the
     grid and the sweep policy. Resume identifies a cell by (measurement_hash, batch, input, output)."""
     data = config_to_dict(cfg)
     for key in NOT_MEASUREMENT_KEYS:
         data.pop(key, None)
+    for key, default in KEYS_HASHED_ONLY_WHEN_SET.items():
+        if data.get(key) == default:
+            data.pop(key)
     return _hash(data)
 
 

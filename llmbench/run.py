@@ -125,6 +125,7 @@ def measure_in_child(cfg: BenchmarkConfig, backend_name: str, cell: Cell, conn) 
         backend = build_backend(backend_name, model, cfg, device)
         with torch.inference_mode():
             fields = measure_cell(backend, cell, cfg, info.vocab_size, device)
+        fields.update(backend.compile_stats())
         conn.send(("ok", {**fields, "model_build_s": model_build_s, "isolation": "process"}))
     except Exception as err:
         conn.send(("oom" if is_out_of_memory(err) else "error", short_message(err)))
@@ -317,8 +318,9 @@ class RunContext:
         if meta.get("outputs_match") is False:
             first, rank, gap = (meta.get(k) for k in ("first_mismatch_token", "mismatch_eager_rank",
                                                        "mismatch_logit_gap"))
-            where = (f"; the first {first} new tokens are equal, then it picks eager's choice #{rank}, "
-                     f"{gap:.3g} below eager's top logit" if first is not None else "")
+            where = f"; the first {first} new tokens are equal" if first is not None else ""
+            if rank is not None:
+                where += f", then it picks eager's choice #{rank}, {gap:.3g} below eager's top logit"
             console.print(f"[red]WARNING: {self.backend_name} tokens differ from eager generate "
                           f"({meta['outputs_compared']}{where})[/red]")
         console.print(f"rows -> {writer.path}   config -> {config_file}")

@@ -64,6 +64,8 @@ def test_compiled_backend_end_to_end(tmp_path):
     assert len(compiled["warmup_s_samples"]) == 2 and len(compiled["latency_s_samples"]) == 2
     # Each compiled decode step was one graph; CUDA graphs do not exist on a CPU (null, not 0).
     assert compiled["graph_breaks"] == 0 and loop["graph_breaks"] == 0
+    assert loop["compiled_graphs"] == 1  # static_loop: one decode-step graph for the one shape
+    assert compiled["compiled_graphs"] >= 1
     assert compiled["cudagraph_skips"] is None and loop["cudagraph_skips"] is None
     assert eager["graph_breaks"] is None  # eager compiles nothing
 
@@ -105,8 +107,9 @@ def test_compiled_needs_two_warmups():
         load_config(os.path.join(ROOT, "yamls", "tiny.yaml"), ["backend=hf_compiled", "num_warmup_batches=1"])
 
 
-def test_compile_stats_count_this_backends_graph_breaks(tiny_cfg):
-    """A graph break after the backend was built shows in its rows; earlier ones do not."""
+def test_compile_stats_count_from_when_the_backend_was_built(tiny_cfg):
+    """Breaks and graphs compiled after the backend was built show in its rows; earlier ones do
+    not (the counters are process-wide: backends run one after another)."""
     from llmbench.backends import build_backend
     from llmbench.models import build_model
 
@@ -119,38 +122,65 @@ def test_compile_stats_count_this_backends_graph_breaks(tiny_cfg):
     cfg = tiny_cfg("backend=static_loop", "num_warmup_batches=2")
     model, _ = build_model(cfg, torch.device("cpu"))
     backend = build_backend("static_loop", model, cfg, torch.device("cpu"))
-    assert backend.compile_stats() == {"graph_breaks": 0, "cudagraph_skips": None, "compile_tuning": False}
+    assert backend.compile_stats() == {"compiled_graphs": 0, "graph_breaks": 0, "cudagraph_skips": None,
+                                       "compile_tuning": False}
     torch._dynamo.reset()
     torch.compile(breaks_once, backend="eager")(torch.ones(3))
-    assert backend.compile_stats()["graph_breaks"] >= 1
+    stats = backend.compile_stats()
+    assert stats["graph_breaks"] == 1 and stats["compiled_graphs"] == 2  # the two halves around the break
     backend.close()
 
 
+def test_compile_tuning_is_set_only_while_the_backend_is_prepared(tiny_cfg, monkeypatch):
+    import torch._inductor.config as inductor_config
+
+    from llmbench.backends import build_backend
+    from llmbench.models import build_model
+
+    cfg = tiny_cfg("backend=static_loop", "num_warmup_batches=2", "compile_tuning=true")
+    model, _ = build_model(cfg, torch.device("cpu"))
+    assert build_backend("static_loop", model, cfg, torch.device("cpu")).tuning is False  # GPU only
+    backend = build_backend("static_loop", model, cfg, torch.device("cpu"))
+    backend.close()
+    backend.tuning = True  # as on a GPU: the setting flips with prepare/close, and is put back
+    before = inductor_config.coordinate_descent_tuning
+    backend.prepare()
+    assert inductor_config.coordinate_descent_tuning is True
+    backend.close()
+    assert inductor_config.coordinate_descent_tuning == before
+
+
 def test_gate_reports_where_tokens_part(tiny_cfg):
-    """A backend whose 4th new token differs: outputs_match false, first_mismatch_token 3."""
-    from llmbench.backends import HFGenerateBackend, compare_with_eager
+    """A backend whose 4th new token of row 1 differs: outputs_match false, first_mismatch_token 3,
+    and the rank and gap of its token read from eager generate's own logits at that step."""
+    from llmbench.backends import HFGenerateBackend, compare_with_eager, describe_mismatch
     from llmbench.models import build_model
 
     class OffByOneLater(HFGenerateBackend):
         def generate(self, input_ids, attention_mask, output_length, streamer=None):
             out = super().generate(input_ids, attention_mask, output_length, streamer).clone()
-            out[0, input_ids.shape[1] + 3] += 1
+            out[1, input_ids.shape[1] + 3] = (out[1, input_ids.shape[1] + 3] + 1) % self.model.config.vocab_size
             return out
 
     cfg = tiny_cfg()
     model, info = build_model(cfg, torch.device("cpu"))
     ids, mask = make_inputs(1, 2, 10, info.vocab_size, torch.device("cpu"))
+    eager = HFGenerateBackend(model, cfg, torch.device("cpu"))
     with torch.inference_mode():
+        expected, logits = eager.generate_with_logits(ids, mask, 6)
+        assert torch.equal(expected, eager.generate(ids, mask, 6)) and len(logits) == 6
+        assert torch.equal(torch.stack([step.argmax(-1) for step in logits], 1), expected[:, 10:])  # greedy
         fields = compare_with_eager(OffByOneLater(model, cfg, torch.device("cpu")), ids, mask, 6)
-        assert fields["outputs_match"] is False and fields["first_mismatch_token"] == 3
-        # Eager's logits after the shared prefix rank the altered token somewhere below its top pick.
-        assert fields["mismatch_eager_rank"] > 1 and fields["mismatch_logit_gap"] > 0
-        reference = HFGenerateBackend(model, cfg, torch.device("cpu")).generate(ids, mask, 4)
-        logits = model(input_ids=reference[:1, :13], attention_mask=torch.ones(1, 13, dtype=mask.dtype)).logits[0, -1]
-        assert int(logits.argmax()) == int(reference[0, 13])  # eager's own pick after the shared prefix
-        altered = int(reference[0, 13]) + 1
-        assert fields["mismatch_logit_gap"] == pytest.approx(float(logits.max() - logits[altered]), abs=1e-5)
-        assert fields["mismatch_eager_rank"] == int((logits > logits[altered]).sum()) + 1
         same = compare_with_eager(HFGenerateBackend(model, cfg, torch.device("cpu")), ids, mask, 6)
-        assert same["outputs_match"] is True and same["first_mismatch_token"] is None
-        assert same["mismatch_eager_rank"] is None and same["mismatch_logit_gap"] is None
+    altered = (int(expected[1, 13]) + 1) % info.vocab_size
+    step_logits = logits[3][1]
+    assert fields["outputs_match"] is False and fields["first_mismatch_token"] == 3
+    assert fields["mismatch_eager_rank"] == int((step_logits > step_logits[altered]).sum()) + 1 > 1
+    assert fields["mismatch_logit_gap"] == pytest.approx(float(step_logits.max() - step_logits[altered]))
+    assert fields["mismatch_logit_gap"] > 0
+    assert same["outputs_match"] is True and same["first_mismatch_token"] is None
+    assert same["mismatch_eager_rank"] is None and same["mismatch_logit_gap"] is None
+    # Outputs that differ only in the prompt part have no new token to describe.
+    prompt_only = expected.clone()
+    prompt_only[0, 0] += 1
+    assert describe_mismatch(expected, prompt_only, logits, 10)["first_mismatch_token"] is None

@@ -82,3 +82,16 @@ def test_falcon_kv_estimate_uses_its_single_kv_head():
     hf_config = build_hf_config(cfg.model, cfg.max_seq_len)
     # 2 x 32 layers x batch 64 x 3048 positions x 1 KV head x 64 dims x 2 bytes
     assert kv_cache_bytes(hf_config, 64, 3048, 2) == 2 * 32 * 64 * 3048 * 1 * 64 * 2
+
+
+def test_results_from_before_compile_tuning_still_resume():
+    """A key added later is hashed only when set away from its default: the committed CPU backends
+    run (measured before compile_tuning existed) keeps its measurement hash."""
+    import glob
+    import json
+
+    config = glob.glob(os.path.join(ROOT, "results", "cpu", "small-backends-cpu.config-*.yaml"))[0]
+    rows = [json.loads(line) for line in open(os.path.join(ROOT, "results", "cpu", "small-backends-cpu.jsonl"))]
+    cfg = load_config(config)
+    assert {row["measurement_hash"] for row in rows} == {measurement_hash(cfg)}
+    assert measurement_hash(load_config(config, ["compile_tuning=true"])) != measurement_hash(cfg)
