@@ -112,7 +112,8 @@ def measure_in_child(cfg: BenchmarkConfig, backend_name: str, cell: Cell, conn) 
     """The body of an isolated cell: build the model, measure one cell, send the outcome, exit."""
     import torch
 
-    from llmbench.backends import build_backend
+    from llmbench.backends import build_backend, compare_with_eager
+    from llmbench.hardware import EnergyMeter
     from llmbench.models import build_model, resolve_device
 
     # Ctrl-C reaches the whole process group; the parent decides, and ends this process itself.
@@ -123,9 +124,15 @@ def measure_in_child(cfg: BenchmarkConfig, backend_name: str, cell: Cell, conn) 
         model, info = build_model(cfg, device)
         model_build_s = time.perf_counter() - start
         backend = build_backend(backend_name, model, cfg, device)
+        gate = {}
         with torch.inference_mode():
-            fields = measure_cell(backend, cell, cfg, info.vocab_size, device)
+            if backend.name != "hf_generate":  # the correctness gate, on this cell's own inputs
+                ids, mask = make_inputs(cfg.seed, cell.batch_size, cell.input_length, info.vocab_size, device)
+                gate = compare_with_eager(backend, ids, mask, cell.output_length)
+            energy_meter = EnergyMeter([device.index or 0], enabled=device.type == "cuda")
+            fields = measure_cell(backend, cell, cfg, info.vocab_size, device, energy_meter)
         fields.update(backend.compile_stats())
+        fields.update(gate)
         conn.send(("ok", {**fields, "model_build_s": model_build_s, "isolation": "process"}))
     except Exception as err:
         conn.send(("oom" if is_out_of_memory(err) else "error", short_message(err)))

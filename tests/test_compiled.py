@@ -184,3 +184,18 @@ def test_gate_reports_where_tokens_part(tiny_cfg):
     prompt_only = expected.clone()
     prompt_only[0, 0] += 1
     assert describe_mismatch(expected, prompt_only, logits, 10)["first_mismatch_token"] is None
+
+
+def test_isolated_cells_get_the_gate_and_compile_stats(tmp_path):
+    """isolation: process: each child gates its own cell against eager generate."""
+    proc = run_cli(os.path.join(ROOT, "yamls", "tiny.yaml"), f"results_dir={tmp_path}", "isolation=process",
+                   "backends=[hf_generate,static_loop]", "batch_sizes=[2]", "input_lengths=[16]", "output_lengths=[6]",
+                   "num_batches=2", "num_warmup_batches=2", timeout=400)
+    assert proc.returncode == 0, proc.stderr + proc.stdout
+    eager, loop = [json.loads(line) for line in (tmp_path / "tiny-mpt-cpu.jsonl").read_text().splitlines()]
+    assert loop["isolation"] == "process" and loop["outputs_match"] is True and loop["first_mismatch_token"] is None
+    assert "batch 2, input 16, output 6" in loop["outputs_compared"]
+    assert loop["gate_first_call_s"] > 2 * loop["latency_s_median"]  # the compile happened in the gate call
+    assert loop["compiled_graphs"] == 1 and loop["graph_breaks"] == 0
+    assert "outputs_match" not in eager and eager["graph_breaks"] is None
+    assert eager["energy_j"] is None and loop["energy_j"] is None  # no counter on a CPU: null, not 0
