@@ -102,11 +102,11 @@ def check_profilable(cfg) -> None:
                           "(a decode step to profile)")
 
 
-def profile_backend(name: str, model, cfg, device, info, peaks, top: int) -> Dict[str, object]:
+def profile_backend(name: str, model, cfg, device, info, shape, peaks, top: int) -> Dict[str, object]:
     import torch
 
     from llmbench.backends import build_backend
-    from llmbench.roofline import decode_bytes_per_step
+    from llmbench.roofline import roofline_fields
     from llmbench.sweep import make_inputs, timed_generate
 
     batch, input_length, output_length = first_cell(cfg)
@@ -125,8 +125,8 @@ def profile_backend(name: str, model, cfg, device, info, peaks, top: int) -> Dic
         stats = backend.compile_stats()
     finally:
         backend.close()
-    step_bytes = decode_bytes_per_step(info.shape, batch, input_length, output_length)
-    limit_ms = step_bytes / (peaks.memory_bandwidth_gbs * 1e9) * 1e3 if peaks.memory_bandwidth_gbs else None
+    roofline = roofline_fields(shape, peaks, batch, input_length, output_length, ttft_ms=None, tpot_ms=tpot_ms)
+    limit_ms = roofline["tpot_limit_ms"]
     device_ms = sum(k["ms_per_step"] for k in kernels.values()) if device.type == "cuda" else None
     ranked = sorted(kernels.items(), key=lambda kv: -kv[1]["ms_per_step"])
     listed_ms = sum(v["ms_per_step"] for _, v in ranked[:top])
@@ -137,9 +137,8 @@ def profile_backend(name: str, model, cfg, device, info, peaks, top: int) -> Dic
         # TPOT and kernel time come from different calls: a device-bound step can show a few µs below 0.
         "host_ms_per_step": tpot_ms - device_ms if device_ms is not None else None,
         "device_fraction": device_ms / tpot_ms if device_ms is not None else None,
-        "decode_bytes_per_step": step_bytes, "tpot_limit_ms": limit_ms,
-        "peak_memory_bandwidth_gbs": peaks.memory_bandwidth_gbs, "peaks_source": peaks.source,
-        "mbu": limit_ms / tpot_ms if limit_ms else None,
+        **{k: roofline[k] for k in ("decode_bytes_per_step", "tpot_limit_ms", "peak_memory_bandwidth_gbs",
+                                    "peaks_source", "mbu")},
         "device_mbu": limit_ms / device_ms if limit_ms and device_ms else None,
         **stats,
         "distinct_kernels" if device.type == "cuda" else "distinct_ops": len(ranked),
@@ -171,20 +170,19 @@ def main(argv: Optional[List[str]] = None) -> int:
     from rich.table import Table
 
     from llmbench.models import TORCH_DTYPES, build_model, resolve_device
-    from llmbench.results import device_name, run_metadata, timestamp
-    from llmbench.roofline import measure_peaks, resolve_peaks
+    from llmbench.results import run_metadata, timestamp
+    from llmbench.roofline import measure_peaks
+    from llmbench.run import roofline_basis
 
     device = resolve_device(cfg)
     model, info = build_model(cfg, device)
     measured = measure_peaks(device, TORCH_DTYPES[cfg.compute_dtype]) if cfg.measure_peaks else None
-    peaks = resolve_peaks(device_name(device), cfg.compute_dtype, cfg.peak_memory_bandwidth_gbs, cfg.peak_tflops,
-                          measured)
     meta = run_metadata(cfg, device, info, cfg.backend_names[0])
-    report = {"model_name": info.model_name, "model_dtype": cfg.model_dtype, "device_name": device_name(device),
-              "timestamp": timestamp(),
-              **{k: meta[k] for k in ("run_id", "config_hash", "git_commit", "hostname", "torch_version",
-                                      "cuda_version", "transformers_version")},
-              "backends": [profile_backend(name, model, cfg, device, info, peaks, args.top)
+    shape, peaks = roofline_basis(cfg, info, meta["device_name"], measured)  # as the result rows use
+    report = {"model_name": info.model_name, "model_dtype": cfg.model_dtype, "timestamp": timestamp(),
+              **{k: meta[k] for k in ("device_name", "run_id", "config_hash", "git_commit", "hostname",
+                                      "torch_version", "cuda_version", "transformers_version")},
+              "backends": [profile_backend(name, model, cfg, device, info, shape, peaks, args.top)
                            for name in cfg.backend_names]}
     os.makedirs(args.out, exist_ok=True)
     path = os.path.join(args.out, "decode_profile.json")

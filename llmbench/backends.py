@@ -238,6 +238,7 @@ def build_backend(name: str, model: torch.nn.Module, cfg: BenchmarkConfig, devic
 
 
 MAX_GATE_LOGITS_BYTES = 1 << 30  # the gate keeps eager's fp32 logits of every step up to this size
+NO_MISMATCH = {"first_mismatch_token": None, "mismatch_eager_rank": None, "mismatch_logit_gap": None}
 
 
 def compare_with_eager(backend, input_ids: torch.Tensor, attention_mask: torch.Tensor,
@@ -261,12 +262,12 @@ def compare_with_eager(backend, input_ids: torch.Tensor, attention_mask: torch.T
     actual = backend.generate(input_ids, attention_mask, output_length)  # also compiles this shape
     sync(backend.device)
     first_call_s = time.perf_counter() - start
-    fields = {"outputs_match": bool(torch.equal(expected, actual)), "first_mismatch_token": None,
-              "mismatch_eager_rank": None, "mismatch_logit_gap": None}
-    if not fields["outputs_match"] and expected.shape == actual.shape:
-        fields.update(describe_mismatch(expected, actual, eager_logits, length))
+    outputs_match = bool(torch.equal(expected, actual))
+    where = (describe_mismatch(expected, actual, eager_logits, length)
+             if not outputs_match and expected.shape == actual.shape else NO_MISMATCH)
     return {
-        **fields,
+        "outputs_match": outputs_match,
+        **where,
         "outputs_compared": f"greedy tokens vs eager hf_generate, batch {batch}, input {length}, "
                             f"output {output_length}, {backend.cfg.model_dtype}",
         "gate_first_call_s": first_call_s,
@@ -283,15 +284,14 @@ def describe_mismatch(expected: torch.Tensor, actual: torch.Tensor, eager_logits
     step (2 = eager's runner-up). ``mismatch_logit_gap``: eager's top logit minus the backend
     token's logit. Both read eager generate's own logits (``eager_logits``: one (batch, vocab)
     tensor per new token), not a recomputation that could round differently."""
-    none = {"first_mismatch_token": None, "mismatch_eager_rank": None, "mismatch_logit_gap": None}
     differs = expected[:, input_length:] != actual[:, input_length:]
     if not differs.any():  # only the prompt part differs: no new token to describe
-        return none
+        return NO_MISMATCH
     step = int(differs.any(dim=0).nonzero()[0])
     row = int(differs[:, step].nonzero()[0])
     chosen = int(actual[row, input_length + step])
     if eager_logits is None or not 0 <= chosen < eager_logits[step].shape[-1]:  # no logits kept / not a token
-        return {**none, "first_mismatch_token": step}
+        return {**NO_MISMATCH, "first_mismatch_token": step}
     logits = eager_logits[step][row].float()
     return {
         "first_mismatch_token": step,

@@ -108,11 +108,38 @@ def make_estimate(cfg: BenchmarkConfig, device, hf_config, extra_bytes: int = 0)
     return estimate
 
 
+def gate_on_cell(backend, cfg: BenchmarkConfig, cell: Cell, vocab_size: int, device) -> Dict[str, Any]:
+    """The correctness gate's row fields for ``backend`` on ``cell``'s inputs; none for eager
+    generate, which is the reference. A compiled backend compiles that shape here, outside the
+    samples."""
+    import torch
+
+    from llmbench.backends import compare_with_eager
+
+    if backend.name == "hf_generate":
+        return {}
+    ids, mask = make_inputs(cfg.seed, cell.batch_size, cell.input_length, vocab_size, device)
+    with torch.inference_mode():
+        return compare_with_eager(backend, ids, mask, cell.output_length)
+
+
+def roofline_basis(cfg: BenchmarkConfig, info, device_name: str, measured=None):
+    """(model shape, peaks) that MBU/MFU are computed against, for rows and profiles alike."""
+    from dataclasses import replace
+
+    from llmbench.roofline import resolve_peaks
+
+    # The KV cache holds activations: under autocast, in autocast's dtype.
+    shape = replace(info.shape, bytes_per_element=DTYPE_BYTES[cfg.compute_dtype])
+    peaks = resolve_peaks(device_name, cfg.compute_dtype, cfg.peak_memory_bandwidth_gbs, cfg.peak_tflops, measured)
+    return shape, peaks
+
+
 def measure_in_child(cfg: BenchmarkConfig, backend_name: str, cell: Cell, conn) -> None:
     """The body of an isolated cell: build the model, measure one cell, send the outcome, exit."""
     import torch
 
-    from llmbench.backends import build_backend, compare_with_eager
+    from llmbench.backends import build_backend
     from llmbench.hardware import EnergyMeter
     from llmbench.models import build_model, resolve_device
 
@@ -124,11 +151,8 @@ def measure_in_child(cfg: BenchmarkConfig, backend_name: str, cell: Cell, conn) 
         model, info = build_model(cfg, device)
         model_build_s = time.perf_counter() - start
         backend = build_backend(backend_name, model, cfg, device)
-        gate = {}
+        gate = gate_on_cell(backend, cfg, cell, info.vocab_size, device)  # on this cell's own inputs
         with torch.inference_mode():
-            if backend.name != "hf_generate":  # the correctness gate, on this cell's own inputs
-                ids, mask = make_inputs(cfg.seed, cell.batch_size, cell.input_length, info.vocab_size, device)
-                gate = compare_with_eager(backend, ids, mask, cell.output_length)
             energy_meter = EnergyMeter([device.index or 0], enabled=device.type == "cuda")
             fields = measure_cell(backend, cell, cfg, info.vocab_size, device, energy_meter)
         fields.update(backend.compile_stats())
@@ -263,34 +287,19 @@ class RunContext:
     def __init__(self, cfg, device, model, info, backend_name, meta, measured, energy_meter):
         self.cfg, self.device, self.model, self.info = cfg, device, model, info
         self.backend_name, self.energy_meter = backend_name, energy_meter
-        from llmbench.roofline import resolve_peaks
-
         self.meta = meta  # this backend's copy of the run's metadata; the gate adds to it
-        from dataclasses import replace
-
-        # The KV cache holds activations: under autocast, in autocast's dtype.
-        self.shape = replace(info.shape, bytes_per_element=DTYPE_BYTES[cfg.compute_dtype])
-        self.peaks = resolve_peaks(self.meta["device_name"], cfg.compute_dtype, cfg.peak_memory_bandwidth_gbs,
-                                   cfg.peak_tflops, measured)
+        self.shape, self.peaks = roofline_basis(cfg, info, meta["device_name"], measured)
 
     def measure_function(self):
         """``measure(cell)`` for this backend: in process, or in a child per cell."""
-        import torch
-
         if self.model is None:
             return ProcessCellRunner(self.cfg, self.backend_name), None
-        from llmbench.backends import build_backend, compare_with_eager
+        from llmbench.backends import build_backend
 
         backend = build_backend(self.backend_name, self.model, self.cfg, self.device)
-        cells = list(iter_cells(self.cfg))
-        if backend.name != "hf_generate" and cells:
-            # The correctness gate, on the first cell's inputs (so a compiled backend compiles
-            # that shape here, outside the samples).
-            first = cells[0]
-            ids, mask = make_inputs(self.cfg.seed, first.batch_size, first.input_length, self.info.vocab_size,
-                                    self.device)
-            with torch.inference_mode():
-                self.meta.update(compare_with_eager(backend, ids, mask, first.output_length))
+        first = next(iter_cells(self.cfg), None)
+        if first is not None:  # the correctness gate, on the first cell's inputs
+            self.meta.update(gate_on_cell(backend, self.cfg, first, self.info.vocab_size, self.device))
 
         def measure(cell: Cell) -> Dict[str, Any]:
             row = measure_cell(backend, cell, self.cfg, self.info.vocab_size, self.device, self.energy_meter)
