@@ -152,8 +152,8 @@ def measure_in_child(cfg: BenchmarkConfig, backend_name: str, cell: Cell, conn) 
         model_build_s = time.perf_counter() - start
         backend = build_backend(backend_name, model, cfg, device)
         gate = gate_on_cell(backend, cfg, cell, info.vocab_size, device)  # on this cell's own inputs
+        energy_meter = EnergyMeter([device.index or 0], enabled=device.type == "cuda")
         with torch.inference_mode():
-            energy_meter = EnergyMeter([device.index or 0], enabled=device.type == "cuda")
             fields = measure_cell(backend, cell, cfg, info.vocab_size, device, energy_meter)
         fields.update(backend.compile_stats())
         fields.update(gate)
